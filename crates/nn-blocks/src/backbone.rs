@@ -1,0 +1,56 @@
+//! The interface between a feature extractor and the YOLOv3 head.
+
+use candle_core::{Result, Tensor};
+
+use crate::summary::Summary;
+
+/// Channel counts of the three feature maps a [`Backbone`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureChannels {
+    /// Channels of `out3` (stride 8).
+    pub out3: usize,
+    /// Channels of `out4` (stride 16).
+    pub out4: usize,
+    /// Channels of `out5` (stride 32).
+    pub out5: usize,
+}
+
+/// A feature extractor for YOLOv3: three feature maps at strides 8, 16 and 32.
+///
+/// `forward` takes `(B, 3, H, W)` and returns
+/// `(out3, out4, out5)` = `(B, C3, H/8, W/8)`, `(B, C4, H/16, W/16)`, `(B, C5, H/32, W/32)`.
+pub trait Backbone: Send + Sync {
+    /// Runs the backbone and returns the three taps.
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)>;
+
+    /// Channel counts of the three taps.
+    fn channels(&self) -> FeatureChannels;
+
+    /// Appends one row per block to `summary` for an input of shape `input`
+    /// and returns the shapes of the three taps.
+    fn summarize(
+        &self,
+        prefix: &str,
+        input: &[usize],
+        summary: &mut Summary,
+    ) -> (Vec<usize>, Vec<usize>, Vec<usize>);
+}
+
+impl<T: Backbone + ?Sized> Backbone for Box<T> {
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        (**self).forward(x)
+    }
+
+    fn channels(&self) -> FeatureChannels {
+        (**self).channels()
+    }
+
+    fn summarize(
+        &self,
+        prefix: &str,
+        input: &[usize],
+        summary: &mut Summary,
+    ) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+        (**self).summarize(prefix, input, summary)
+    }
+}

@@ -1,0 +1,199 @@
+//! `Conv2d` + `BatchNorm2d` + activation.
+//!
+//! This one type covers three PyTorch spellings of the same block:
+//! - the seed's `ConvBNReLU(nn.Sequential)`: tensors `{prefix}.0.weight`, `{prefix}.1.*`, ReLU6;
+//! - the head's `conv2d(filter_in, filter_out, k)`: `{prefix}.conv.weight`, `{prefix}.bn.*`, LeakyReLU(0.1);
+//! - Darknet53's attribute triples (`conv1`/`bn1`, `ds_conv`/`ds_bn`), LeakyReLU(0.1).
+//!
+//! For inference the BatchNorm is folded into the convolution at load time
+//! (`w' = w * gamma / sqrt(var + eps)`, `b' = beta - mean * gamma / sqrt(var + eps)`),
+//! so a forward pass is one convolution with bias plus the activation.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::summary::{conv_output_hw, Summary};
+
+/// PyTorch's default `BatchNorm2d` epsilon. Darknet's own files use 1e-6.
+pub const DEFAULT_BN_EPS: f64 = 1e-5;
+
+/// The activation after the BatchNorm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// `nn.ReLU6`: `min(max(x, 0), 6)` (MobileNetV2).
+    Relu6,
+    /// `nn.LeakyReLU(slope)`; YOLOv3 uses 0.1.
+    LeakyRelu(f64),
+    /// No activation (MobileNetV2's linear bottleneck projection).
+    Identity,
+}
+
+impl Activation {
+    /// Applies the activation.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match *self {
+            Activation::Relu6 => x.clamp(0f32, 6f32),
+            Activation::LeakyRelu(slope) => {
+                // max(x, slope * x) equals LeakyReLU for 0 <= slope <= 1.
+                x.maximum(&(x * slope)?)
+            }
+            Activation::Identity => Ok(x.clone()),
+        }
+    }
+}
+
+/// Shape and behaviour of a [`ConvBnAct`] block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvBnConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Square kernel size; padding is `(k - 1) / 2` as in every block of the reference.
+    pub kernel_size: usize,
+    /// Convolution stride.
+    pub stride: usize,
+    /// Convolution groups (`in_channels` for a depthwise convolution).
+    pub groups: usize,
+    /// Activation after the BatchNorm.
+    pub activation: Activation,
+    /// BatchNorm epsilon (1e-5 in PyTorch, 1e-6 in darknet).
+    pub bn_eps: f64,
+}
+
+impl ConvBnConfig {
+    /// A stride-1, ungrouped block with LeakyReLU(0.1) and PyTorch's BN epsilon.
+    pub fn new(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride: 1,
+            groups: 1,
+            activation: Activation::LeakyRelu(0.1),
+            bn_eps: DEFAULT_BN_EPS,
+        }
+    }
+
+    /// Sets the stride.
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the number of groups.
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Sets the activation.
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// Sets the BatchNorm epsilon.
+    pub fn bn_eps(mut self, bn_eps: f64) -> Self {
+        self.bn_eps = bn_eps;
+        self
+    }
+
+    /// Padding of the reference blocks: `(k - 1) // 2`.
+    pub fn padding(&self) -> usize {
+        (self.kernel_size - 1) / 2
+    }
+}
+
+/// Convolution (no bias) + BatchNorm2d + activation, with the BatchNorm folded in.
+#[derive(Debug, Clone)]
+pub struct ConvBnAct {
+    conv: Conv2d,
+    cfg: ConvBnConfig,
+}
+
+impl ConvBnAct {
+    /// Loads the convolution from `conv_vb` (`weight`) and the BatchNorm from `bn_vb`
+    /// (`weight`, `bias`, `running_mean`, `running_var`).
+    pub fn load(cfg: ConvBnConfig, conv_vb: VarBuilder, bn_vb: VarBuilder) -> Result<Self> {
+        if cfg.groups == 0 || cfg.in_channels % cfg.groups != 0 {
+            candle_core::bail!(
+                "{}: {} input channels cannot be split into {} groups",
+                conv_vb.prefix(),
+                cfg.in_channels,
+                cfg.groups
+            );
+        }
+        let conv_cfg = Conv2dConfig {
+            padding: cfg.padding(),
+            stride: cfg.stride,
+            groups: cfg.groups,
+            ..Default::default()
+        };
+        let conv = candle_nn::conv2d_no_bias(
+            cfg.in_channels,
+            cfg.out_channels,
+            cfg.kernel_size,
+            conv_cfg,
+            conv_vb,
+        )?;
+        let bn_cfg = BatchNormConfig {
+            eps: cfg.bn_eps,
+            ..Default::default()
+        };
+        let bn = candle_nn::batch_norm(cfg.out_channels, bn_cfg, bn_vb)?;
+        let conv = conv.absorb_bn(&bn)?;
+        Ok(Self { conv, cfg })
+    }
+
+    /// The seed's `ConvBNReLU(nn.Sequential)`: `{vb}.0` is the conv, `{vb}.1` the BatchNorm.
+    pub fn sequential(cfg: ConvBnConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load(cfg, vb.pp("0"), vb.pp("1"))
+    }
+
+    /// The head's `conv2d(...)` (an `OrderedDict` Sequential): `{vb}.conv`, `{vb}.bn`.
+    pub fn named(cfg: ConvBnConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load(cfg, vb.pp("conv"), vb.pp("bn"))
+    }
+
+    /// The block's configuration.
+    pub fn config(&self) -> &ConvBnConfig {
+        &self.cfg
+    }
+
+    /// Trainable parameters of the PyTorch block: conv weight plus BN weight and bias.
+    pub fn num_params(&self) -> usize {
+        let c = &self.cfg;
+        c.out_channels * (c.in_channels / c.groups) * c.kernel_size * c.kernel_size
+            + 2 * c.out_channels
+    }
+
+    /// Appends this block's row to `summary` for an input of `input` = (B, C, H, W)
+    /// and returns the output shape.
+    pub fn summarize(&self, name: &str, input: &[usize], summary: &mut Summary) -> Vec<usize> {
+        let c = &self.cfg;
+        let (oh, ow) = conv_output_hw((input[2], input[3]), c.kernel_size, c.stride, c.padding());
+        let out = vec![input[0], c.out_channels, oh, ow];
+        // torchsummaryX counts conv multiply-adds as kernel numel x output positions.
+        let macs = (c.out_channels * (c.in_channels / c.groups) * c.kernel_size * c.kernel_size)
+            as u64
+            * (input[0] * oh * ow) as u64;
+        summary.push_with_bn(
+            name,
+            "ConvBnAct",
+            &out,
+            self.num_params(),
+            macs,
+            c.out_channels as u64,
+        );
+        out
+    }
+}
+
+impl Module for ConvBnAct {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
+        let y = self.conv.forward(x)?;
+        self.cfg.activation.apply(&y)
+    }
+}

@@ -1,0 +1,23 @@
+//! Shared layers of yolo-rs.
+//!
+//! - [`ConvBnAct`]: `Conv2d` + `BatchNorm2d` + activation, the building block of
+//!   every network here (the seed's `ConvBNReLU`, the head's `conv2d`, Darknet53's
+//!   conv/bn/LeakyReLU triples), with the PyTorch tensor names of each variant.
+//! - [`make_divisible`]: the seed's `_make_divisible` channel rounding.
+//! - [`Backbone`]: what the YOLOv3 head needs from a feature extractor.
+//! - [`summary`]: per-layer shape/parameter/multiply-add accounting (torchsummaryX-like).
+//! - [`weights`]: weight sources beyond candle's own: deterministic synthetic weights
+//!   (shared with the Python reference script) and a recorder of which tensors a
+//!   model reads.
+
+mod backbone;
+mod conv_bn;
+mod divisible;
+mod error;
+pub mod summary;
+pub mod weights;
+
+pub use backbone::{Backbone, FeatureChannels};
+pub use conv_bn::{Activation, ConvBnAct, ConvBnConfig, DEFAULT_BN_EPS};
+pub use divisible::make_divisible;
+pub use error::{Error, Result};

@@ -1,0 +1,13 @@
+//! Weight sources beyond candle's own.
+//!
+//! - [`SyntheticWeights`]: deterministic weights from a closed-form function of the
+//!   tensor name and index, identical to `tools/reference/make_golden.py`, so parity
+//!   tests rebuild the reference's weights without shipping them.
+//! - [`RecordingBackend`]: wraps any backend and records every tensor a model reads,
+//!   to check names and shapes against the PyTorch `state_dict` and count parameters.
+
+mod recording;
+mod synthetic;
+
+pub use recording::{ReadLog, RecordingBackend};
+pub use synthetic::{synthetic_input, synthetic_values, SyntheticWeights};

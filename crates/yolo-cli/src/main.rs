@@ -1,0 +1,50 @@
+//! `yolo-cli`: YOLOv3 (MobileNetV2 / Darknet53) on candle from the command line.
+
+mod args;
+mod run;
+mod stdout;
+mod summary;
+
+use clap::{Parser, Subcommand};
+
+/// YOLOv3 object detection (MobileNetV2 or Darknet53 backbone) on candle.
+#[derive(Debug, Parser)]
+#[command(name = "yolo-cli", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Detect objects in images and directories of images.
+    Run(run::RunArgs),
+    /// Print a per-layer table of output shapes, parameters and multiply-adds.
+    Summary(summary::SummaryArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Summary(args) => summary::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,296 @@
+//! The seed's `YoloBody` and `make_last_layers`.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv2d, VarBuilder};
+use darknet53::DarkNet;
+use mobilenet_v2::MobileNetV2Backbone;
+use nn_blocks::summary::Summary;
+use nn_blocks::{Backbone, ConvBnAct, ConvBnConfig};
+
+use crate::config::{BackboneKind, YoloConfig};
+use crate::{Error, Result};
+
+/// The seed's `make_last_layers(filters_list, in_filters, out_filter)`: five
+/// conv-BN-LeakyReLU blocks (1x1, 3x3, 1x1, 3x3, 1x1) whose output also feeds the
+/// next scale, then a 3x3 block and a plain 1x1 conv with bias giving the raw head.
+///
+/// PyTorch names: `{vb}.0` … `{vb}.5` (each `conv`/`bn`), `{vb}.6` (`weight`, `bias`).
+#[derive(Debug, Clone)]
+pub struct LastLayers {
+    blocks: Vec<ConvBnAct>,
+    out: Conv2d,
+}
+
+impl LastLayers {
+    /// `filters` = (f0, f1) of the reference's `filters_list`.
+    pub fn new(
+        filters: (usize, usize),
+        in_filters: usize,
+        out_filter: usize,
+        bn_eps: f64,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let (f0, f1) = filters;
+        let plan = [
+            (in_filters, f0, 1),
+            (f0, f1, 3),
+            (f1, f0, 1),
+            (f0, f1, 3),
+            (f1, f0, 1),
+            (f0, f1, 3),
+        ];
+        let blocks = plan
+            .iter()
+            .enumerate()
+            .map(|(i, &(cin, cout, k))| {
+                ConvBnAct::named(ConvBnConfig::new(cin, cout, k).bn_eps(bn_eps), vb.pp(i))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let out = candle_nn::conv2d(f1, out_filter, 1, Default::default(), vb.pp(6))?;
+        Ok(Self { blocks, out })
+    }
+
+    /// `self.last_layerN[:5](x)`: the branch that also feeds the next scale.
+    pub fn forward_branch(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.blocks[..5]
+            .iter()
+            .try_fold(x.clone(), |x, b| b.forward(&x))
+    }
+
+    /// `self.last_layerN[5:](branch)`: the raw head `(B, 3*(5+C), h, w)`.
+    pub fn forward_head(&self, branch: &Tensor) -> candle_core::Result<Tensor> {
+        self.out.forward(&self.blocks[5].forward(branch)?)
+    }
+
+    fn summarize(
+        &self,
+        name: &str,
+        input: &[usize],
+        summary: &mut Summary,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let mut s = input.to_vec();
+        let mut branch = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            s = b.summarize(&format!("{name}.{i}"), &s, summary);
+            if i == 4 {
+                branch = s.clone();
+            }
+        }
+        let (cout, cin) = (self.out.weight().dims()[0], self.out.weight().dims()[1]);
+        let out = vec![s[0], cout, s[2], s[3]];
+        let macs = (cout * cin) as u64 * (s[0] * s[2] * s[3]) as u64;
+        summary.push(
+            &format!("{name}.6"),
+            "Conv2d",
+            &out,
+            cout * cin + cout,
+            macs,
+        );
+        (branch, out)
+    }
+}
+
+/// YOLOv3: a [`Backbone`] and three FPN-style heads at strides 32, 16 and 8.
+pub struct YoloBody {
+    backbone: Box<dyn Backbone>,
+    last_layer0: LastLayers,
+    last_layer1_conv: ConvBnAct,
+    last_layer1: LastLayers,
+    last_layer2_conv: ConvBnAct,
+    last_layer2: LastLayers,
+    config: YoloConfig,
+}
+
+impl std::fmt::Debug for YoloBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("YoloBody")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stride every input side must be a multiple of.
+pub const INPUT_STRIDE: usize = 32;
+
+impl YoloBody {
+    /// Builds the body and its backbone (under `{vb}.backbone`) from `cfg`.
+    ///
+    /// Fails with [`nn_blocks::Error::ClassCountMismatch`] when the weights were
+    /// trained for another number of classes, and with candle's messages (naming the
+    /// tensor and both shapes) for missing tensors or shape mismatches.
+    pub fn new(cfg: &YoloConfig, vb: VarBuilder) -> Result<Self> {
+        check_class_count(cfg, &vb)?;
+        let backbone: Box<dyn Backbone> = match cfg.backbone {
+            BackboneKind::MobileNetV2 => {
+                let mcfg = mobilenet_v2::Config {
+                    bn_eps: cfg.bn_eps,
+                    ..mobilenet_v2::Config::imagenet()
+                };
+                Box::new(MobileNetV2Backbone::new(&mcfg, vb.pp("backbone"))?)
+            }
+            BackboneKind::Darknet53 => {
+                let dcfg = darknet53::Config {
+                    bn_eps: cfg.bn_eps,
+                    ..darknet53::Config::darknet53()
+                };
+                Box::new(DarkNet::new(&dcfg, vb.pp("backbone"))?)
+            }
+        };
+        Self::with_backbone(backbone, cfg, vb)
+    }
+
+    /// Builds the head over an already loaded `backbone` (whose tensors are not read again).
+    pub fn with_backbone(
+        backbone: Box<dyn Backbone>,
+        cfg: &YoloConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        check_class_count(cfg, &vb)?;
+        let ch = backbone.channels();
+        let eps = cfg.bn_eps;
+        let conv =
+            |cin, cout, vb| ConvBnAct::named(ConvBnConfig::new(cin, cout, 1).bn_eps(eps), vb);
+        Ok(Self {
+            last_layer0: LastLayers::new(
+                (512, 1024),
+                ch.out5,
+                cfg.head_channels(0),
+                eps,
+                vb.pp("last_layer0"),
+            )?,
+            last_layer1_conv: conv(512, 256, vb.pp("last_layer1_conv"))?,
+            last_layer1: LastLayers::new(
+                (256, 512),
+                ch.out4 + 256,
+                cfg.head_channels(1),
+                eps,
+                vb.pp("last_layer1"),
+            )?,
+            last_layer2_conv: conv(256, 128, vb.pp("last_layer2_conv"))?,
+            last_layer2: LastLayers::new(
+                (128, 256),
+                ch.out3 + 128,
+                cfg.head_channels(2),
+                eps,
+                vb.pp("last_layer2"),
+            )?,
+            backbone,
+            config: cfg.clone(),
+        })
+    }
+
+    /// The configuration this body was built with.
+    pub fn config(&self) -> &YoloConfig {
+        &self.config
+    }
+
+    /// The feature extractor.
+    pub fn backbone(&self) -> &dyn Backbone {
+        self.backbone.as_ref()
+    }
+
+    /// Refuses inputs that are not `(B, 3, H, W)` with `H` and `W` multiples of 32.
+    pub fn check_input(dims: &[usize]) -> Result<()> {
+        match dims {
+            [_, 3, h, w] if h % INPUT_STRIDE == 0 && w % INPUT_STRIDE == 0 && *h > 0 && *w > 0 => {
+                Ok(())
+            }
+            [_, 3, h, w] => Err(nn_blocks::Error::InputSize {
+                height: *h,
+                width: *w,
+                stride: INPUT_STRIDE,
+            }
+            .into()),
+            other => Err(nn_blocks::Error::InputLayout(other.to_vec()).into()),
+        }
+    }
+
+    /// Runs the network: `(B, 3, H, W)` -> the three raw heads
+    /// `(B, 3*(5+C), H/32, W/32)`, `(B, 3*(5+C), H/16, W/16)`, `(B, 3*(5+C), H/8, W/8)`.
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        Self::check_input(x.dims())?;
+        // x2: (B, C3, H/8, W/8), x1: (B, C4, H/16, W/16), x0: (B, C5, H/32, W/32)
+        let (x2, x1, x0) = self.backbone.forward(x)?;
+
+        // 13,13,C5 -> 13,13,512 (branch) -> 13,13,3*(5+C)
+        let out0_branch = self.last_layer0.forward_branch(&x0)?;
+        let out0 = self.last_layer0.forward_head(&out0_branch)?;
+
+        // 13,13,512 -> 13,13,256 -> 26,26,256, concat with x1 -> 26,26,256+C4
+        let x1_in = upsample2(&self.last_layer1_conv.forward(&out0_branch)?)?;
+        let x1_in = Tensor::cat(&[&x1_in, &x1], 1)?;
+        let out1_branch = self.last_layer1.forward_branch(&x1_in)?;
+        let out1 = self.last_layer1.forward_head(&out1_branch)?;
+
+        // 26,26,256 -> 26,26,128 -> 52,52,128, concat with x2 -> 52,52,128+C3
+        let x2_in = upsample2(&self.last_layer2_conv.forward(&out1_branch)?)?;
+        let x2_in = Tensor::cat(&[&x2_in, &x2], 1)?;
+        let out2_branch = self.last_layer2.forward_branch(&x2_in)?;
+        let out2 = self.last_layer2.forward_head(&out2_branch)?;
+        Ok((out0, out1, out2))
+    }
+
+    /// Per-layer output shapes, parameters and multiply-adds for an input `(B, 3, H, W)`.
+    pub fn summary(&self, input: &[usize]) -> Result<Summary> {
+        Self::check_input(input)?;
+        let mut s = Summary::default();
+        let (x2, x1, x0) = self.backbone.summarize("backbone.", input, &mut s);
+        let (b0, _) = self.last_layer0.summarize("last_layer0", &x0, &mut s);
+        let c1 = self
+            .last_layer1_conv
+            .summarize("last_layer1_conv", &b0, &mut s);
+        let up1 = vec![c1[0], c1[1] + x1[1], c1[2] * 2, c1[3] * 2];
+        s.push("last_layer1_upsample+cat", "Upsample", &up1, 0, 0);
+        let (b1, _) = self.last_layer1.summarize("last_layer1", &up1, &mut s);
+        let c2 = self
+            .last_layer2_conv
+            .summarize("last_layer2_conv", &b1, &mut s);
+        let up2 = vec![c2[0], c2[1] + x2[1], c2[2] * 2, c2[3] * 2];
+        s.push("last_layer2_upsample+cat", "Upsample", &up2, 0, 0);
+        self.last_layer2.summarize("last_layer2", &up2, &mut s);
+        Ok(s)
+    }
+}
+
+/// `nn.Upsample(scale_factor=2, mode='nearest')`.
+fn upsample2(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    x.upsample_nearest2d(h * 2, w * 2)
+}
+
+/// Compares the channels of the 13x13 head in the weights with the configuration, so a
+/// class-count mismatch is reported in words rather than as a bare shape error.
+fn check_class_count(cfg: &YoloConfig, vb: &VarBuilder) -> Result<()> {
+    let name = "last_layer0.6.weight";
+    if !vb.contains_tensor(name) {
+        return Ok(());
+    }
+    // Backends that cannot answer without a shape (synthetic weights) are skipped;
+    // the regular load reports anything missing.
+    let Ok(t) = vb.get_unchecked(name) else {
+        return Ok(());
+    };
+    let found = t.dims().first().copied().unwrap_or(0);
+    let expected = cfg.head_channels(0);
+    if found != expected {
+        let anchors = cfg.anchors_mask[0].len();
+        return Err(Error::Network(nn_blocks::Error::ClassCountMismatch {
+            tensor: format!("{}{name}", prefix_of(vb)),
+            expected_channels: expected,
+            found_channels: found,
+            anchors,
+            configured_classes: cfg.num_classes,
+            weights_classes: (found / anchors).saturating_sub(5),
+        }));
+    }
+    Ok(())
+}
+
+fn prefix_of(vb: &VarBuilder) -> String {
+    let p = vb.prefix();
+    if p.is_empty() {
+        p
+    } else {
+        format!("{p}.")
+    }
+}
