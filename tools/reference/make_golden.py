@@ -15,11 +15,11 @@ import sys
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from detweights import det_input, det_param  # noqa: E402
+from fixture_io import save_safetensors as save_file  # noqa: E402
 from models import DarkNet, MobileNetV2, MobileNetV2Backbone, YoloBody  # noqa: E402
 
 ANCHORS_MASK = [[6, 7, 8], [3, 4, 5], [0, 1, 2]]

@@ -1,3 +1,38 @@
 //! Project automation: `cargo xtask <task>`.
+//!
+//! - `golden`: regenerate the PyTorch golden fixtures (needs Python; installs torch in a venv).
 
-fn main() {}
+mod golden;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "yolo-rs project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Regenerate tests/fixtures from the PyTorch reference (tools/reference).
+    Golden(golden::GoldenArgs),
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Golden(args) => golden::golden(&root, args),
+    }
+}

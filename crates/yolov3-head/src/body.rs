@@ -294,3 +294,173 @@ fn prefix_of(vb: &VarBuilder) -> String {
         format!("{p}.")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Shape};
+    use candle_nn::var_builder::SimpleBackend;
+    use nn_blocks::weights::SyntheticWeights;
+
+    /// Synthetic weights with one tensor missing or reshaped, and a head of a
+    /// chosen width, as a broken or mismatched checkpoint would have.
+    struct Faulty {
+        missing: Option<&'static str>,
+        reshaped: Option<(&'static str, Vec<usize>)>,
+        head_channels: Option<usize>,
+    }
+
+    impl SimpleBackend for Faulty {
+        fn get(
+            &self,
+            s: Shape,
+            name: &str,
+            h: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            if self.missing == Some(name) {
+                return Err(candle_core::Error::CannotFindTensor {
+                    path: name.to_string(),
+                });
+            }
+            if let Some((n, shape)) = &self.reshaped {
+                if *n == name && shape.as_slice() != s.dims() {
+                    return Err(candle_core::Error::UnexpectedShape {
+                        msg: format!("shape mismatch for {name}"),
+                        expected: s,
+                        got: shape.clone().into(),
+                    });
+                }
+            }
+            SyntheticWeights.get(s, name, h, dtype, dev)
+        }
+
+        fn get_unchecked(
+            &self,
+            name: &str,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            match (name, self.head_channels) {
+                ("last_layer0.6.weight", Some(c)) => Tensor::zeros((c, 1024, 1, 1), dtype, dev),
+                _ => candle_core::bail!("no shape for {name}"),
+            }
+        }
+
+        fn contains_tensor(&self, name: &str) -> bool {
+            self.missing != Some(name)
+        }
+    }
+
+    fn build(backend: Faulty, cfg: &YoloConfig) -> Result<YoloBody> {
+        YoloBody::new(
+            cfg,
+            VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu),
+        )
+    }
+
+    #[test]
+    fn missing_tensor_is_named() {
+        let backend = Faulty {
+            missing: Some("last_layer1.3.bn.running_var"),
+            reshaped: None,
+            head_channels: None,
+        };
+        let err = build(backend, &YoloConfig::voc_mobilenetv2())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("last_layer1.3.bn.running_var"), "{err}");
+    }
+
+    #[test]
+    fn wrong_shape_names_tensor_and_both_shapes() {
+        let backend = Faulty {
+            missing: None,
+            reshaped: Some(("backbone.layer2.ds_conv.weight", vec![128, 64, 1, 1])),
+            head_channels: None,
+        };
+        let err = build(backend, &YoloConfig::coco_darknet53())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backbone.layer2.ds_conv.weight"), "{err}");
+        assert!(
+            err.contains("[128, 64, 3, 3]") && err.contains("[128, 64, 1, 1]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn class_count_mismatch_is_explained() {
+        // 80-class weights (255 channels) loaded as the 20-class VOC model (75 channels).
+        let backend = Faulty {
+            missing: None,
+            reshaped: None,
+            head_channels: Some(255),
+        };
+        let err = build(backend, &YoloConfig::voc_mobilenetv2()).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Network(nn_blocks::Error::ClassCountMismatch {
+                expected_channels: 75,
+                found_channels: 255,
+                weights_classes: 80,
+                configured_classes: 20,
+                ..
+            })
+        ));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("80 classes") && msg.contains("configured for 20"),
+            "{msg}"
+        );
+        assert!(msg.contains("255") && msg.contains("75"), "{msg}");
+    }
+
+    #[test]
+    fn input_sizes_must_be_multiples_of_32() {
+        assert!(YoloBody::check_input(&[1, 3, 416, 416]).is_ok());
+        assert!(YoloBody::check_input(&[2, 3, 320, 480]).is_ok());
+        let err = YoloBody::check_input(&[1, 3, 415, 416])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("415x416") && err.contains("multiples of 32"),
+            "{err}"
+        );
+        let err = YoloBody::check_input(&[1, 4, 416, 416])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(B, 3, H, W)"), "{err}");
+        assert!(YoloBody::check_input(&[3, 416, 416]).is_err());
+        assert!(YoloBody::check_input(&[1, 3, 0, 416]).is_err());
+    }
+
+    #[test]
+    fn forward_refuses_bad_sizes_without_panicking() {
+        let model = build(
+            Faulty {
+                missing: None,
+                reshaped: None,
+                head_channels: None,
+            },
+            &YoloConfig::voc_mobilenetv2(),
+        )
+        .unwrap();
+        let x = Tensor::zeros((1, 3, 100, 64), DType::F32, &Device::Cpu).unwrap();
+        assert!(matches!(
+            model.forward(&x),
+            Err(Error::Network(nn_blocks::Error::InputSize {
+                height: 100,
+                width: 64,
+                ..
+            }))
+        ));
+        // Any batch and any multiple of 32 works.
+        let x = Tensor::zeros((3, 3, 64, 96), DType::F32, &Device::Cpu).unwrap();
+        let (a, b, c) = model.forward(&x).unwrap();
+        assert_eq!(a.dims(), &[3, 75, 2, 3]);
+        assert_eq!(b.dims(), &[3, 75, 4, 6]);
+        assert_eq!(c.dims(), &[3, 75, 8, 12]);
+    }
+}

@@ -1,0 +1,56 @@
+//! `cargo xtask golden`: regenerate the PyTorch golden fixtures.
+//!
+//! Creates `.venv-golden/` with the pinned `tools/reference/requirements.txt`
+//! (torch from PyPI) unless it exists, then runs the reference scripts, which
+//! write `tests/fixtures/golden/` and `tests/fixtures/pipeline/`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Arguments of `cargo xtask golden`.
+#[derive(Debug, clap::Args)]
+pub struct GoldenArgs {
+    /// Python interpreter used to create the virtual environment.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Reinstall the requirements even if the venv exists.
+    #[arg(long)]
+    reinstall: bool,
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Builds the venv if needed and regenerates every fixture.
+pub fn golden(root: &Path, args: GoldenArgs) -> Result<()> {
+    let venv = root.join(".venv-golden");
+    let python = venv.join("bin").join("python");
+    let requirements = root.join("tools/reference/requirements.txt");
+    if !python.exists() {
+        run(Command::new(&args.python).arg("-m").arg("venv").arg(&venv))?;
+    }
+    if !python.exists() || args.reinstall || !venv.join(".installed").exists() {
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "-r"])
+            .arg(&requirements))?;
+        std::fs::write(venv.join(".installed"), "")?;
+    }
+    let out = root.join("tests/fixtures");
+    for script in ["make_golden.py", "make_golden_pipeline.py"] {
+        run(Command::new(&python)
+            .arg(root.join("tools/reference").join(script))
+            .arg("--out")
+            .arg(&out)
+            .current_dir(root))?;
+    }
+    eprintln!("fixtures written to {}", out.display());
+    Ok(())
+}
