@@ -12,6 +12,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 
+use crate::depthwise::depthwise_conv2d;
 use crate::summary::{conv_output_hw, Summary};
 
 /// PyTorch's default `BatchNorm2d` epsilon. Darknet's own files use 1e-6.
@@ -193,7 +194,16 @@ impl ConvBnAct {
 impl Module for ConvBnAct {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
-        let y = self.conv.forward(x)?;
+        let c = &self.cfg;
+        let y = if c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels {
+            let y = depthwise_conv2d(x, self.conv.weight(), c.stride, c.padding())?;
+            match self.conv.bias() {
+                Some(b) => y.broadcast_add(&b.reshape((1, c.out_channels, 1, 1))?)?,
+                None => y,
+            }
+        } else {
+            self.conv.forward(x)?
+        };
         self.cfg.activation.apply(&y)
     }
 }

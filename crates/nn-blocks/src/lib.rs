@@ -3,6 +3,7 @@
 //! - [`ConvBnAct`]: `Conv2d` + `BatchNorm2d` + activation, the building block of
 //!   every network here (the seed's `ConvBNReLU`, the head's `conv2d`, Darknet53's
 //!   conv/bn/LeakyReLU triples), with the PyTorch tensor names of each variant.
+//! - [`depthwise_conv2d`]: a fast depthwise convolution op (CPU kernel + backward).
 //! - [`make_divisible`]: the seed's `_make_divisible` channel rounding.
 //! - [`Backbone`]: what the YOLOv3 head needs from a feature extractor.
 //! - [`summary`]: per-layer shape/parameter/multiply-add accounting (torchsummaryX-like).
@@ -12,6 +13,7 @@
 
 mod backbone;
 mod conv_bn;
+mod depthwise;
 mod divisible;
 mod error;
 pub mod summary;
@@ -19,5 +21,6 @@ pub mod weights;
 
 pub use backbone::{Backbone, FeatureChannels};
 pub use conv_bn::{Activation, ConvBnAct, ConvBnConfig, DEFAULT_BN_EPS};
+pub use depthwise::depthwise_conv2d;
 pub use divisible::make_divisible;
 pub use error::{Error, Result};
