@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use nn_blocks::summary::Summary;
-use nn_blocks::{Backbone, ConvBnAct, ConvBnConfig, FeatureChannels, DEFAULT_BN_EPS};
+use nn_blocks::{Backbone, BnMode, ConvBnAct, ConvBnConfig, FeatureChannels, DEFAULT_BN_EPS};
 
 /// Darknet53 hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,6 +12,8 @@ pub struct Config {
     pub layers: [usize; 5],
     /// BatchNorm epsilon (1e-5 as in PyTorch; weights from darknet use 1e-6).
     pub bn_eps: f64,
+    /// BatchNorm folded for inference or kept for training.
+    pub bn_mode: BnMode,
 }
 
 impl Default for Config {
@@ -26,6 +28,7 @@ impl Config {
         Self {
             layers: [1, 2, 8, 8, 4],
             bn_eps: DEFAULT_BN_EPS,
+            bn_mode: BnMode::Folded,
         }
     }
 }
@@ -42,11 +45,15 @@ impl BasicBlock {
     pub fn new(
         inplanes: usize,
         planes: (usize, usize),
-        bn_eps: f64,
+        bn: (f64, BnMode),
         vb: VarBuilder,
     ) -> Result<Self> {
-        let c1 = ConvBnConfig::new(inplanes, planes.0, 1).bn_eps(bn_eps);
-        let c2 = ConvBnConfig::new(planes.0, planes.1, 3).bn_eps(bn_eps);
+        let c1 = ConvBnConfig::new(inplanes, planes.0, 1)
+            .bn_eps(bn.0)
+            .bn_mode(bn.1);
+        let c2 = ConvBnConfig::new(planes.0, planes.1, 3)
+            .bn_eps(bn.0)
+            .bn_mode(bn.1);
         Ok(Self {
             conv1: ConvBnAct::load(c1, vb.pp("conv1"), vb.pp("bn1"))?,
             conv2: ConvBnAct::load(c2, vb.pp("conv2"), vb.pp("bn2"))?,
@@ -61,11 +68,19 @@ impl BasicBlock {
     }
 }
 
+impl BasicBlock {
+    /// Forward pass; `train` is passed to the BatchNorms (see [`BnMode`]).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // (B, C, H, W) -> (B, C/2, H, W) -> (B, C, H, W), + x
+        let y = self.conv1.forward_t(x, train)?;
+        let y = self.conv2.forward_t(&y, train)?;
+        y + x
+    }
+}
+
 impl Module for BasicBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // (B, C, H, W) -> (B, C/2, H, W) -> (B, C, H, W), + x
-        let y = self.conv2.forward(&self.conv1.forward(x)?)?;
-        y + x
+        self.forward_t(x, false)
     }
 }
 
@@ -81,15 +96,16 @@ impl Stage {
         inplanes: usize,
         planes: (usize, usize),
         blocks: usize,
-        bn_eps: f64,
+        bn: (f64, BnMode),
         vb: VarBuilder,
     ) -> Result<Self> {
         let ds_cfg = ConvBnConfig::new(inplanes, planes.1, 3)
             .stride(2)
-            .bn_eps(bn_eps);
+            .bn_eps(bn.0)
+            .bn_mode(bn.1);
         let ds = ConvBnAct::load(ds_cfg, vb.pp("ds_conv"), vb.pp("ds_bn"))?;
         let blocks = (0..blocks)
-            .map(|i| BasicBlock::new(planes.1, planes, bn_eps, vb.pp(format!("residual_{i}"))))
+            .map(|i| BasicBlock::new(planes.1, planes, bn, vb.pp(format!("residual_{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { ds, blocks })
     }
@@ -105,10 +121,12 @@ impl Stage {
     }
 }
 
-impl Module for Stage {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.ds.forward(x)?; // (B, C, H, W) -> (B, 2C, H/2, W/2)
-        self.blocks.iter().try_fold(x, |x, b| b.forward(&x))
+impl Stage {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.ds.forward_t(x, train)?; // (B, C, H, W) -> (B, 2C, H/2, W/2)
+        self.blocks
+            .iter()
+            .try_fold(x, |x, b| b.forward_t(&x, train))
     }
 }
 
@@ -126,7 +144,8 @@ const STAGE_PLANES: [(usize, usize); 5] =
 impl DarkNet {
     /// Loads the network from `vb` (`conv1.weight`, `layer1...` below it).
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let stem_cfg = ConvBnConfig::new(3, 32, 3).bn_eps(cfg.bn_eps);
+        let bn = (cfg.bn_eps, cfg.bn_mode);
+        let stem_cfg = ConvBnConfig::new(3, 32, 3).bn_eps(bn.0).bn_mode(bn.1);
         let stem = ConvBnAct::load(stem_cfg, vb.pp("conv1"), vb.pp("bn1"))?;
         let mut inplanes = 32;
         let mut stages = Vec::with_capacity(5);
@@ -135,7 +154,7 @@ impl DarkNet {
                 inplanes,
                 planes,
                 n,
-                cfg.bn_eps,
+                bn,
                 vb.pp(format!("layer{}", i + 1)),
             )?);
             inplanes = planes.1;
@@ -145,13 +164,13 @@ impl DarkNet {
 }
 
 impl Backbone for DarkNet {
-    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let x = self.stem.forward(x)?; // (B, 32, H, W)
-        let x = self.stages[0].forward(&x)?; // (B, 64, H/2, W/2)
-        let x = self.stages[1].forward(&x)?; // (B, 128, H/4, W/4)
-        let out3 = self.stages[2].forward(&x)?; // (B, 256, H/8, W/8)
-        let out4 = self.stages[3].forward(&out3)?; // (B, 512, H/16, W/16)
-        let out5 = self.stages[4].forward(&out4)?; // (B, 1024, H/32, W/32)
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        let x = self.stem.forward_t(x, train)?; // (B, 32, H, W)
+        let x = self.stages[0].forward_t(&x, train)?; // (B, 64, H/2, W/2)
+        let x = self.stages[1].forward_t(&x, train)?; // (B, 128, H/4, W/4)
+        let out3 = self.stages[2].forward_t(&x, train)?; // (B, 256, H/8, W/8)
+        let out4 = self.stages[3].forward_t(&out3, train)?; // (B, 512, H/16, W/16)
+        let out5 = self.stages[4].forward_t(&out4, train)?; // (B, 1024, H/32, W/32)
         Ok((out3, out4, out5))
     }
 

@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use nn_blocks::summary::Summary;
-use nn_blocks::{Activation, ConvBnAct, ConvBnConfig};
+use nn_blocks::{Activation, BnMode, ConvBnAct, ConvBnConfig};
 
 /// MobileNetV2's inverted residual block.
 ///
@@ -24,7 +24,7 @@ impl InvertedResidual {
         oup: usize,
         stride: usize,
         expand_ratio: f64,
-        bn_eps: f64,
+        bn: (f64, BnMode),
         vb: VarBuilder,
     ) -> Result<Self> {
         if stride != 1 && stride != 2 {
@@ -33,6 +33,7 @@ impl InvertedResidual {
                 vb.prefix()
             );
         }
+        let (bn_eps, bn_mode) = bn;
         // Python's int(round(x)) rounds half to even, as f64::round_ties_even does.
         let hidden = (inp as f64 * expand_ratio).round_ties_even() as usize;
         let vb = vb.pp("conv");
@@ -40,7 +41,8 @@ impl InvertedResidual {
         let expand = if expand_ratio != 1.0 {
             let cfg = ConvBnConfig::new(inp, hidden, 1)
                 .activation(Activation::Relu6)
-                .bn_eps(bn_eps);
+                .bn_eps(bn_eps)
+                .bn_mode(bn_mode);
             idx += 1;
             Some(ConvBnAct::sequential(cfg, vb.pp("0"))?)
         } else {
@@ -50,11 +52,13 @@ impl InvertedResidual {
             .stride(stride)
             .groups(hidden)
             .activation(Activation::Relu6)
-            .bn_eps(bn_eps);
+            .bn_eps(bn_eps)
+            .bn_mode(bn_mode);
         let depthwise = ConvBnAct::sequential(dw_cfg, vb.pp(idx))?;
         let pw_cfg = ConvBnConfig::new(hidden, oup, 1)
             .activation(Activation::Identity)
-            .bn_eps(bn_eps);
+            .bn_eps(bn_eps)
+            .bn_mode(bn_mode);
         let project = ConvBnAct::load(pw_cfg, vb.pp(idx + 1), vb.pp(idx + 2))?;
         Ok(Self {
             expand,
@@ -80,18 +84,26 @@ impl InvertedResidual {
     }
 }
 
-impl Module for InvertedResidual {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl InvertedResidual {
+    /// Forward pass; `train` is passed to the BatchNorms (see [`BnMode`]).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         // (B, inp, H, W) -> (B, hidden, H, W) -> (B, hidden, H/s, W/s) -> (B, oup, H/s, W/s)
         let mut y = x.clone();
         if let Some(expand) = &self.expand {
-            y = expand.forward(&y)?;
+            y = expand.forward_t(&y, train)?;
         }
-        let y = self.project.forward(&self.depthwise.forward(&y)?)?;
+        let y = self.depthwise.forward_t(&y, train)?;
+        let y = self.project.forward_t(&y, train)?;
         if self.use_res_connect {
             x + y
         } else {
             Ok(y)
         }
+    }
+}
+
+impl Module for InvertedResidual {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, false)
     }
 }

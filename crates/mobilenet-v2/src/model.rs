@@ -4,7 +4,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use nn_blocks::summary::Summary;
 use nn_blocks::{
-    make_divisible, Activation, Backbone, ConvBnAct, ConvBnConfig, FeatureChannels, DEFAULT_BN_EPS,
+    make_divisible, Activation, Backbone, BnMode, ConvBnAct, ConvBnConfig, FeatureChannels,
+    DEFAULT_BN_EPS,
 };
 
 use crate::InvertedResidual;
@@ -26,6 +27,8 @@ pub struct Config {
     pub inverted_residual_setting: Vec<BlockSetting>,
     /// BatchNorm epsilon.
     pub bn_eps: f64,
+    /// BatchNorm folded for inference or kept for training.
+    pub bn_mode: BnMode,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Config {
                 (6.0, 320, 1, 1), // -> 13,13,320  (out5 after features[17])
             ],
             bn_eps: DEFAULT_BN_EPS,
+            bn_mode: BnMode::Folded,
         }
     }
 
@@ -109,11 +113,11 @@ impl Feature {
     }
 }
 
-impl Module for Feature {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Feature {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
-            Feature::Conv(c) => c.forward(x),
-            Feature::Block(b) => b.forward(x),
+            Feature::Conv(c) => c.forward_t(x, train),
+            Feature::Block(b) => b.forward_t(x, train),
         }
     }
 }
@@ -138,19 +142,22 @@ fn build_features(
             let c = ConvBnConfig::new(3, stem, 3)
                 .stride(2)
                 .activation(Activation::Relu6)
-                .bn_eps(cfg.bn_eps);
+                .bn_eps(cfg.bn_eps)
+                .bn_mode(cfg.bn_mode);
             layers.push(Feature::Conv(ConvBnAct::sequential(c, vb_i)?));
             channels.push(stem);
         } else if i <= blocks.len() {
             let (inp, oup, stride, t) = blocks[i - 1];
-            let block = InvertedResidual::new(inp, oup, stride, t, cfg.bn_eps, vb_i)?;
+            let block =
+                InvertedResidual::new(inp, oup, stride, t, (cfg.bn_eps, cfg.bn_mode), vb_i)?;
             layers.push(Feature::Block(block));
             channels.push(oup);
         } else {
             let inp = *channels.last().unwrap_or(&stem);
             let c = ConvBnConfig::new(inp, last, 1)
                 .activation(Activation::Relu6)
-                .bn_eps(cfg.bn_eps);
+                .bn_eps(cfg.bn_eps)
+                .bn_mode(cfg.bn_mode);
             layers.push(Feature::Conv(ConvBnAct::sequential(c, vb_i)?));
             channels.push(last);
         }
@@ -187,7 +194,7 @@ impl MobileNetV2 {
     pub fn forward_features(&self, x: &Tensor) -> Result<Tensor> {
         self.features
             .iter()
-            .try_fold(x.clone(), |x, f| f.forward(&x))
+            .try_fold(x.clone(), |x, f| f.forward_t(&x, false))
     }
 
     /// Per-layer summary for an input of shape `input`.
@@ -257,18 +264,18 @@ impl MobileNetV2Backbone {
         c * last + 2 * last + last * cfg.num_classes + cfg.num_classes
     }
 
-    fn run(&self, range: std::ops::Range<usize>, x: &Tensor) -> Result<Tensor> {
+    fn run(&self, range: std::ops::Range<usize>, x: &Tensor, train: bool) -> Result<Tensor> {
         self.features[range]
             .iter()
-            .try_fold(x.clone(), |x, f| f.forward(&x))
+            .try_fold(x.clone(), |x, f| f.forward_t(&x, train))
     }
 }
 
 impl Backbone for MobileNetV2Backbone {
-    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let out3 = self.run(TAPS[0].clone(), x)?; // (B, 32, H/8, W/8)
-        let out4 = self.run(TAPS[1].clone(), &out3)?; // (B, 96, H/16, W/16)
-        let out5 = self.run(TAPS[2].clone(), &out4)?; // (B, 320, H/32, W/32)
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        let out3 = self.run(TAPS[0].clone(), x, train)?; // (B, 32, H/8, W/8)
+        let out4 = self.run(TAPS[1].clone(), &out3, train)?; // (B, 96, H/16, W/16)
+        let out5 = self.run(TAPS[2].clone(), &out4, train)?; // (B, 320, H/32, W/32)
         Ok((out3, out4, out5))
     }
 

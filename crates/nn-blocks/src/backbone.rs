@@ -20,8 +20,14 @@ pub struct FeatureChannels {
 /// `forward` takes `(B, 3, H, W)` and returns
 /// `(out3, out4, out5)` = `(B, C3, H/8, W/8)`, `(B, C4, H/16, W/16)`, `(B, C5, H/32, W/32)`.
 pub trait Backbone: Send + Sync {
-    /// Runs the backbone and returns the three taps.
-    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)>;
+    /// Runs the backbone and returns the three taps; `train` puts BatchNorms kept for
+    /// training ([`crate::BnMode::Train`]) on batch statistics.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor, Tensor)>;
+
+    /// Inference forward pass: [`Backbone::forward_t`] with `train = false`.
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        self.forward_t(x, false)
+    }
 
     /// Channel counts of the three taps.
     fn channels(&self) -> FeatureChannels;
@@ -37,8 +43,8 @@ pub trait Backbone: Send + Sync {
 }
 
 impl<T: Backbone + ?Sized> Backbone for Box<T> {
-    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        (**self).forward(x)
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        (**self).forward_t(x, train)
     }
 
     fn channels(&self) -> FeatureChannels {

@@ -5,12 +5,14 @@
 //! - the head's `conv2d(filter_in, filter_out, k)`: `{prefix}.conv.weight`, `{prefix}.bn.*`, LeakyReLU(0.1);
 //! - Darknet53's attribute triples (`conv1`/`bn1`, `ds_conv`/`ds_bn`), LeakyReLU(0.1).
 //!
-//! For inference the BatchNorm is folded into the convolution at load time
-//! (`w' = w * gamma / sqrt(var + eps)`, `b' = beta - mean * gamma / sqrt(var + eps)`),
-//! so a forward pass is one convolution with bias plus the activation.
+//! For inference ([`BnMode::Folded`], the default) the BatchNorm is folded into the
+//! convolution at load time (`w' = w * gamma / sqrt(var + eps)`,
+//! `b' = beta - mean * gamma / sqrt(var + eps)`), so a forward pass is one convolution
+//! with bias plus the activation. For training ([`BnMode::Train`]) the BatchNorm stays
+//! a separate layer that uses batch statistics and updates its running averages.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ModuleT, VarBuilder};
 
 use crate::depthwise::depthwise_conv2d;
 use crate::summary::{conv_output_hw, Summary};
@@ -43,6 +45,16 @@ impl Activation {
     }
 }
 
+/// How a block keeps its BatchNorm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BnMode {
+    /// Folded into the convolution at load time: inference only, fastest.
+    #[default]
+    Folded,
+    /// A separate BatchNorm layer: batch statistics when training, running ones otherwise.
+    Train,
+}
+
 /// Shape and behaviour of a [`ConvBnAct`] block.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConvBnConfig {
@@ -60,6 +72,8 @@ pub struct ConvBnConfig {
     pub activation: Activation,
     /// BatchNorm epsilon (1e-5 in PyTorch, 1e-6 in darknet).
     pub bn_eps: f64,
+    /// Whether the BatchNorm is folded (inference) or kept (training).
+    pub bn_mode: BnMode,
 }
 
 impl ConvBnConfig {
@@ -73,6 +87,7 @@ impl ConvBnConfig {
             groups: 1,
             activation: Activation::LeakyRelu(0.1),
             bn_eps: DEFAULT_BN_EPS,
+            bn_mode: BnMode::Folded,
         }
     }
 
@@ -100,16 +115,25 @@ impl ConvBnConfig {
         self
     }
 
+    /// Sets the BatchNorm mode.
+    pub fn bn_mode(mut self, bn_mode: BnMode) -> Self {
+        self.bn_mode = bn_mode;
+        self
+    }
+
     /// Padding of the reference blocks: `(k - 1) // 2`.
     pub fn padding(&self) -> usize {
         (self.kernel_size - 1) / 2
     }
 }
 
-/// Convolution (no bias) + BatchNorm2d + activation, with the BatchNorm folded in.
+/// Convolution (no bias) + BatchNorm2d + activation.
 #[derive(Debug, Clone)]
 pub struct ConvBnAct {
+    /// With [`BnMode::Folded`] this convolution carries the BatchNorm as its bias.
     conv: Conv2d,
+    /// The BatchNorm, kept only in [`BnMode::Train`].
+    bn: Option<BatchNorm>,
     cfg: ConvBnConfig,
 }
 
@@ -143,8 +167,18 @@ impl ConvBnAct {
             ..Default::default()
         };
         let bn = candle_nn::batch_norm(cfg.out_channels, bn_cfg, bn_vb)?;
-        let conv = conv.absorb_bn(&bn)?;
-        Ok(Self { conv, cfg })
+        match cfg.bn_mode {
+            BnMode::Folded => Ok(Self {
+                conv: conv.absorb_bn(&bn)?,
+                bn: None,
+                cfg,
+            }),
+            BnMode::Train => Ok(Self {
+                conv,
+                bn: Some(bn),
+                cfg,
+            }),
+        }
     }
 
     /// The seed's `ConvBNReLU(nn.Sequential)`: `{vb}.0` is the conv, `{vb}.1` the BatchNorm.
@@ -191,8 +225,20 @@ impl ConvBnAct {
     }
 }
 
-impl Module for ConvBnAct {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl ConvBnAct {
+    /// Forward pass; `train` selects batch statistics (and updates the running ones)
+    /// when the block keeps its BatchNorm ([`BnMode::Train`]).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.convolve(x)?;
+        let y = match &self.bn {
+            Some(bn) => bn.forward_t(&y, train)?,
+            None => y,
+        };
+        self.cfg.activation.apply(&y)
+    }
+
+    /// The convolution alone (with the folded BatchNorm as bias in inference mode).
+    fn convolve(&self, x: &Tensor) -> Result<Tensor> {
         // (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
         let c = &self.cfg;
         let y = if c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels {
@@ -204,6 +250,80 @@ impl Module for ConvBnAct {
         } else {
             self.conv.forward(x)?
         };
-        self.cfg.activation.apply(&y)
+        Ok(y)
+    }
+}
+
+impl Module for ConvBnAct {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::SyntheticWeights;
+    use candle_core::{DType, Device};
+
+    fn block(mode: BnMode, act: Activation, groups: usize) -> ConvBnAct {
+        let vb = VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, Device::Cpu);
+        let cfg = ConvBnConfig::new(6, 6, 3)
+            .groups(groups)
+            .activation(act)
+            .bn_mode(mode);
+        ConvBnAct::sequential(cfg, vb.pp("blk")).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn folded_and_kept_batchnorm_agree_at_inference() {
+        let x = Tensor::randn(0f32, 1., (2, 6, 9, 7), &Device::Cpu).unwrap();
+        for groups in [1, 6] {
+            for act in [Activation::Relu6, Activation::LeakyRelu(0.1), Activation::Identity] {
+                let folded = block(BnMode::Folded, act, groups).forward(&x).unwrap();
+                let kept = block(BnMode::Train, act, groups).forward_t(&x, false).unwrap();
+                assert!(max_diff(&folded, &kept) < 1e-5, "{act:?} groups {groups}");
+            }
+        }
+    }
+
+    #[test]
+    fn training_mode_normalises_with_batch_statistics() {
+        let x = (Tensor::randn(0f32, 1., (4, 6, 8, 8), &Device::Cpu).unwrap() * 3.0).unwrap();
+        let blk = block(BnMode::Train, Activation::Identity, 1);
+        let y = blk.forward_t(&x, true).unwrap();
+        // After BN with batch statistics each channel's mean is its beta (bias).
+        let mean = y.mean((0, 2, 3)).unwrap();
+        let beta = Tensor::new(
+            crate::weights::synthetic_values("blk.1.bias", &[6]).as_slice(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(max_diff(&mean, &beta) < 1e-4);
+        // The activations differ from the running-statistics path.
+        let eval = blk.forward_t(&x, false).unwrap();
+        assert!(max_diff(&y, &eval) > 1e-2);
+    }
+
+    #[test]
+    fn activations() {
+        let x = Tensor::new(&[-2f32, -0.5, 0., 3., 7.], &Device::Cpu).unwrap();
+        let v = |a: Activation| a.apply(&x).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(Activation::Relu6), [0., 0., 0., 3., 6.]);
+        assert_eq!(v(Activation::LeakyRelu(0.1)), [-0.2, -0.05, 0., 3., 7.]);
+        assert_eq!(v(Activation::Identity), [-2., -0.5, 0., 3., 7.]);
     }
 }

@@ -20,7 +20,7 @@ pub mod summary;
 pub mod weights;
 
 pub use backbone::{Backbone, FeatureChannels};
-pub use conv_bn::{Activation, ConvBnAct, ConvBnConfig, DEFAULT_BN_EPS};
+pub use conv_bn::{Activation, BnMode, ConvBnAct, ConvBnConfig, DEFAULT_BN_EPS};
 pub use depthwise::depthwise_conv2d;
 pub use divisible::make_divisible;
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@ use candle_nn::{Conv2d, VarBuilder};
 use darknet53::DarkNet;
 use mobilenet_v2::MobileNetV2Backbone;
 use nn_blocks::summary::Summary;
-use nn_blocks::{Backbone, ConvBnAct, ConvBnConfig};
+use nn_blocks::{Backbone, BnMode, ConvBnAct, ConvBnConfig};
 
 use crate::config::{BackboneKind, YoloConfig};
 use crate::{Error, Result};
@@ -27,7 +27,7 @@ impl LastLayers {
         filters: (usize, usize),
         in_filters: usize,
         out_filter: usize,
-        bn_eps: f64,
+        bn: (f64, BnMode),
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
         let (f0, f1) = filters;
@@ -43,7 +43,10 @@ impl LastLayers {
             .iter()
             .enumerate()
             .map(|(i, &(cin, cout, k))| {
-                ConvBnAct::named(ConvBnConfig::new(cin, cout, k).bn_eps(bn_eps), vb.pp(i))
+                ConvBnAct::named(
+                    ConvBnConfig::new(cin, cout, k).bn_eps(bn.0).bn_mode(bn.1),
+                    vb.pp(i),
+                )
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let out = candle_nn::conv2d(f1, out_filter, 1, Default::default(), vb.pp(6))?;
@@ -51,15 +54,15 @@ impl LastLayers {
     }
 
     /// `self.last_layerN[:5](x)`: the branch that also feeds the next scale.
-    pub fn forward_branch(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward_branch(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.blocks[..5]
             .iter()
-            .try_fold(x.clone(), |x, b| b.forward(&x))
+            .try_fold(x.clone(), |x, b| b.forward_t(&x, train))
     }
 
     /// `self.last_layerN[5:](branch)`: the raw head `(B, 3*(5+C), h, w)`.
-    pub fn forward_head(&self, branch: &Tensor) -> candle_core::Result<Tensor> {
-        self.out.forward(&self.blocks[5].forward(branch)?)
+    pub fn forward_head(&self, branch: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.out.forward(&self.blocks[5].forward_t(branch, train)?)
     }
 
     fn summarize(
@@ -124,6 +127,7 @@ impl YoloBody {
             BackboneKind::MobileNetV2 => {
                 let mcfg = mobilenet_v2::Config {
                     bn_eps: cfg.bn_eps,
+                    bn_mode: cfg.bn_mode,
                     ..mobilenet_v2::Config::imagenet()
                 };
                 Box::new(MobileNetV2Backbone::new(&mcfg, vb.pp("backbone"))?)
@@ -131,6 +135,7 @@ impl YoloBody {
             BackboneKind::Darknet53 => {
                 let dcfg = darknet53::Config {
                     bn_eps: cfg.bn_eps,
+                    bn_mode: cfg.bn_mode,
                     ..darknet53::Config::darknet53()
                 };
                 Box::new(DarkNet::new(&dcfg, vb.pp("backbone"))?)
@@ -147,9 +152,13 @@ impl YoloBody {
     ) -> Result<Self> {
         check_class_count(cfg, &vb)?;
         let ch = backbone.channels();
-        let eps = cfg.bn_eps;
-        let conv =
-            |cin, cout, vb| ConvBnAct::named(ConvBnConfig::new(cin, cout, 1).bn_eps(eps), vb);
+        let eps = (cfg.bn_eps, cfg.bn_mode);
+        let conv = |cin, cout, vb| {
+            ConvBnAct::named(
+                ConvBnConfig::new(cin, cout, 1).bn_eps(eps.0).bn_mode(eps.1),
+                vb,
+            )
+        };
         Ok(Self {
             last_layer0: LastLayers::new(
                 (512, 1024),
@@ -208,25 +217,31 @@ impl YoloBody {
     /// Runs the network: `(B, 3, H, W)` -> the three raw heads
     /// `(B, 3*(5+C), H/32, W/32)`, `(B, 3*(5+C), H/16, W/16)`, `(B, 3*(5+C), H/8, W/8)`.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        self.forward_t(x, false)
+    }
+
+    /// [`YoloBody::forward`] with `train` passed to the BatchNorms: with
+    /// [`BnMode::Train`] they use batch statistics and update their running averages.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
         Self::check_input(x.dims())?;
         // x2: (B, C3, H/8, W/8), x1: (B, C4, H/16, W/16), x0: (B, C5, H/32, W/32)
-        let (x2, x1, x0) = self.backbone.forward(x)?;
+        let (x2, x1, x0) = self.backbone.forward_t(x, train)?;
 
         // 13,13,C5 -> 13,13,512 (branch) -> 13,13,3*(5+C)
-        let out0_branch = self.last_layer0.forward_branch(&x0)?;
-        let out0 = self.last_layer0.forward_head(&out0_branch)?;
+        let out0_branch = self.last_layer0.forward_branch(&x0, train)?;
+        let out0 = self.last_layer0.forward_head(&out0_branch, train)?;
 
         // 13,13,512 -> 13,13,256 -> 26,26,256, concat with x1 -> 26,26,256+C4
-        let x1_in = upsample2(&self.last_layer1_conv.forward(&out0_branch)?)?;
+        let x1_in = upsample2(&self.last_layer1_conv.forward_t(&out0_branch, train)?)?;
         let x1_in = Tensor::cat(&[&x1_in, &x1], 1)?;
-        let out1_branch = self.last_layer1.forward_branch(&x1_in)?;
-        let out1 = self.last_layer1.forward_head(&out1_branch)?;
+        let out1_branch = self.last_layer1.forward_branch(&x1_in, train)?;
+        let out1 = self.last_layer1.forward_head(&out1_branch, train)?;
 
         // 26,26,256 -> 26,26,128 -> 52,52,128, concat with x2 -> 52,52,128+C3
-        let x2_in = upsample2(&self.last_layer2_conv.forward(&out1_branch)?)?;
+        let x2_in = upsample2(&self.last_layer2_conv.forward_t(&out1_branch, train)?)?;
         let x2_in = Tensor::cat(&[&x2_in, &x2], 1)?;
-        let out2_branch = self.last_layer2.forward_branch(&x2_in)?;
-        let out2 = self.last_layer2.forward_head(&out2_branch)?;
+        let out2_branch = self.last_layer2.forward_branch(&x2_in, train)?;
+        let out2 = self.last_layer2.forward_head(&out2_branch, train)?;
         Ok((out0, out1, out2))
     }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use nn_blocks::DEFAULT_BN_EPS;
+use nn_blocks::{BnMode, DEFAULT_BN_EPS};
 
 /// Which feature extractor feeds the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +70,8 @@ pub struct YoloConfig {
     pub anchors_mask: [[usize; 3]; 3],
     /// BatchNorm epsilon of every block (1e-5 in PyTorch, 1e-6 in darknet weights).
     pub bn_eps: f64,
+    /// BatchNorm folded for inference (default) or kept for training.
+    pub bn_mode: BnMode,
 }
 
 impl YoloConfig {
@@ -80,6 +82,7 @@ impl YoloConfig {
             num_classes,
             anchors_mask: YOLO_ANCHORS_MASK,
             bn_eps: DEFAULT_BN_EPS,
+            bn_mode: BnMode::Folded,
         }
     }
 
