@@ -14,6 +14,9 @@ use crate::InvertedResidual;
 /// output channels, repeats, stride of the first repeat.
 pub type BlockSetting = (f64, usize, usize, usize);
 
+/// `(input channels, output channels, stride, expansion)` of one inverted residual block.
+type BlockPlan = (usize, usize, usize, f64);
+
 /// MobileNetV2 hyper-parameters, as the seed's `MobileNetV2.__init__` arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -70,7 +73,7 @@ impl Config {
         if self.inverted_residual_setting.is_empty() {
             candle_core::bail!("inverted_residual_setting should be non-empty");
         }
-        if !(self.width_mult > 0.0) || self.round_nearest == 0 {
+        if self.width_mult.is_nan() || self.width_mult <= 0.0 || self.round_nearest == 0 {
             candle_core::bail!(
                 "width_mult must be > 0 and round_nearest >= 1 (got {} and {})",
                 self.width_mult,
@@ -81,7 +84,7 @@ impl Config {
     }
 
     /// Output channels of the stem, of every inverted residual block, and of the last conv.
-    fn channel_plan(&self) -> (usize, Vec<(usize, usize, usize, f64)>, usize) {
+    fn channel_plan(&self) -> (usize, Vec<BlockPlan>, usize) {
         let stem = make_divisible(32.0 * self.width_mult, self.round_nearest, None);
         let last = make_divisible(1280.0 * self.width_mult.max(1.0), self.round_nearest, None);
         let mut blocks = Vec::new();
@@ -101,7 +104,7 @@ impl Config {
 #[derive(Debug, Clone)]
 enum Feature {
     Conv(ConvBnAct),
-    Block(InvertedResidual),
+    Block(Box<InvertedResidual>),
 }
 
 impl Feature {
@@ -150,7 +153,7 @@ fn build_features(
             let (inp, oup, stride, t) = blocks[i - 1];
             let block =
                 InvertedResidual::new(inp, oup, stride, t, (cfg.bn_eps, cfg.bn_mode), vb_i)?;
-            layers.push(Feature::Block(block));
+            layers.push(Feature::Block(Box::new(block)));
             channels.push(oup);
         } else {
             let inp = *channels.last().unwrap_or(&stem);

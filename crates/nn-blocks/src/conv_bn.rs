@@ -141,7 +141,7 @@ impl ConvBnAct {
     /// Loads the convolution from `conv_vb` (`weight`) and the BatchNorm from `bn_vb`
     /// (`weight`, `bias`, `running_mean`, `running_var`).
     pub fn load(cfg: ConvBnConfig, conv_vb: VarBuilder, bn_vb: VarBuilder) -> Result<Self> {
-        if cfg.groups == 0 || cfg.in_channels % cfg.groups != 0 {
+        if cfg.groups == 0 || !cfg.in_channels.is_multiple_of(cfg.groups) {
             candle_core::bail!(
                 "{}: {} input channels cannot be split into {} groups",
                 conv_vb.prefix(),

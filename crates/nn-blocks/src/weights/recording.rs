@@ -5,9 +5,12 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
+/// One read: tensor name and shape.
+type Entry = (String, Vec<usize>);
+
 /// The names and shapes a model read, in order.
 #[derive(Debug, Clone, Default)]
-pub struct ReadLog(Arc<Mutex<Vec<(String, Vec<usize>)>>>);
+pub struct ReadLog(Arc<Mutex<Vec<Entry>>>);
 
 impl ReadLog {
     /// A snapshot of the recorded `(name, shape)` pairs.
