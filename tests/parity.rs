@@ -26,6 +26,20 @@ use yolov3_head::{YoloBody, YoloConfig};
 const TOLERANCE: f32 = 1e-4;
 const SIZES: [(usize, usize); 2] = [(416, 416), (320, 480)];
 
+/// The device under test: the CPU, or `YOLO_TEST_DEVICE=cuda` / `metal` on a
+/// build with that feature (e.g. `cargo test -p yolov3-head --features cuda --test parity`).
+fn device() -> Device {
+    match std::env::var("YOLO_TEST_DEVICE").as_deref() {
+        Ok("cuda") => {
+            Device::new_cuda(0).expect("YOLO_TEST_DEVICE=cuda needs the cuda feature and a GPU")
+        }
+        Ok("metal") => {
+            Device::new_metal(0).expect("YOLO_TEST_DEVICE=metal needs the metal feature")
+        }
+        _ => Device::Cpu,
+    }
+}
+
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden")
 }
@@ -56,7 +70,7 @@ impl Model {
 
 fn build(name: &str) -> (Model, ReadLog) {
     let (backend, log) = RecordingBackend::new(SyntheticWeights);
-    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
+    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device());
     let model = match name {
         "mobilenetv2_classifier" => {
             Model::Classifier(MobileNetV2::new(&mobilenet_v2::Config::imagenet(), vb).unwrap())
@@ -297,7 +311,7 @@ fn check_outputs(name: &'static str, (h, w): (usize, usize), batch: usize) {
     let path = golden_dir().join(format!("{name}_{h}x{w}.safetensors"));
     let golden = candle_core::safetensors::load(&path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let x = synthetic_input(batch, h, w, &Device::Cpu).unwrap();
+    let x = synthetic_input(batch, h, w, &device()).unwrap();
     for (k, out) in m.outputs(&x) {
         let get = |suffix: &str| {
             golden
@@ -318,6 +332,7 @@ fn check_outputs(name: &'static str, (h, w): (usize, usize), batch: usize) {
             "{name} {h}x{w} b{batch}: shape of {k}"
         );
 
+        let out = out.to_device(&Device::Cpu).unwrap();
         let ours: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
         let absmax = get("absmax").to_vec1::<f32>().unwrap()[0];
         let stride = full_numel.div_ceil(4096);
@@ -408,4 +423,62 @@ fn outputs_yolo_mobilenetv2_voc20() {
 #[test]
 fn outputs_yolo_darknet53_coco80() {
     check_all_sizes("yolo_darknet53_coco80");
+}
+
+/// A checkpoint laid out as PyTorch saves it: every `state_dict` entry of the reference
+/// (including `features.18`, `classifier` and the int64 `num_batches_tracked`), with
+/// the synthetic values, written to safetensors and loaded by name.
+#[test]
+fn safetensors_checkpoint_with_reference_names_loads() {
+    let name = "yolo_mobilenetv2_voc20";
+    let mut tensors = HashMap::new();
+    for (key, entry) in reference_keys(name) {
+        let t = if key.ends_with("num_batches_tracked") {
+            Tensor::new(0i64, &Device::Cpu).unwrap()
+        } else {
+            let values = nn_blocks::weights::synthetic_values(&key, &entry.shape);
+            Tensor::from_vec(values, entry.shape.as_slice(), &Device::Cpu).unwrap()
+        };
+        tensors.insert(key, t);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("yolo.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+
+    let loaded = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let vb = VarBuilder::from_tensors(loaded, DType::F32, &device());
+    let from_file = YoloBody::new(&YoloConfig::voc_mobilenetv2(), vb).unwrap();
+    let Model::Yolo(synthetic) = &model(name).0 else {
+        unreachable!()
+    };
+    let x = synthetic_input(1, 64, 96, &device()).unwrap();
+    let (a, b, c) = from_file.forward(&x).unwrap();
+    let (ra, rb, rc) = synthetic.forward(&x).unwrap();
+    for (ours, reference) in [(a, ra), (b, rb), (c, rc)] {
+        let diff: f32 = (ours - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+    }
+
+    // The same file as the wrong class count: explained, not a bare shape error.
+    let loaded = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let vb = VarBuilder::from_tensors(loaded, DType::F32, &device());
+    let err = YoloBody::new(
+        &YoloConfig::new(yolov3_head::BackboneKind::MobileNetV2, 80),
+        vb,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("trained for 20 classes") && msg.contains("configured for 80"),
+        "{msg}"
+    );
 }
