@@ -48,7 +48,7 @@ fn golden_dir() -> PathBuf {
 enum Model {
     Classifier(MobileNetV2),
     Backbone(Box<dyn Backbone>),
-    Yolo(YoloBody),
+    Yolo(Box<YoloBody>),
 }
 
 impl Model {
@@ -81,12 +81,12 @@ fn build(name: &str) -> (Model, ReadLog) {
         "darknet53_backbone" => Model::Backbone(Box::new(
             DarkNet::new(&darknet53::Config::darknet53(), vb).unwrap(),
         )),
-        "yolo_mobilenetv2_voc20" => {
-            Model::Yolo(YoloBody::new(&YoloConfig::voc_mobilenetv2(), vb).unwrap())
-        }
-        "yolo_darknet53_coco80" => {
-            Model::Yolo(YoloBody::new(&YoloConfig::coco_darknet53(), vb).unwrap())
-        }
+        "yolo_mobilenetv2_voc20" => Model::Yolo(Box::new(
+            YoloBody::new(&YoloConfig::voc_mobilenetv2(), vb).unwrap(),
+        )),
+        "yolo_darknet53_coco80" => Model::Yolo(Box::new(
+            YoloBody::new(&YoloConfig::coco_darknet53(), vb).unwrap(),
+        )),
         other => panic!("unknown model {other}"),
     };
     (model, log)

@@ -1,7 +1,9 @@
 //! Project automation: `cargo xtask <task>`.
 //!
 //! - `golden`: regenerate the PyTorch golden fixtures (needs Python; installs torch in a venv).
+//! - `download-weights`: download, verify and convert weights into `model_data/weights/`.
 
+mod download;
 mod golden;
 
 use std::path::PathBuf;
@@ -19,6 +21,8 @@ struct Cli {
 enum Task {
     /// Regenerate tests/fixtures from the PyTorch reference (tools/reference).
     Golden(golden::GoldenArgs),
+    /// Download, verify and convert weights into model_data/weights/.
+    DownloadWeights(download::DownloadArgs),
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -34,5 +38,6 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.command {
         Task::Golden(args) => golden::golden(&root, args),
+        Task::DownloadWeights(args) => download::run(&root, args),
     }
 }

@@ -14,6 +14,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ModuleT, VarBuilder};
 
+use crate::conv_fast::{bias_act_owned, conv2d_bias_act};
 use crate::depthwise::depthwise_conv2d;
 use crate::summary::{conv_output_hw, Summary};
 
@@ -229,6 +230,9 @@ impl ConvBnAct {
     /// Forward pass; `train` selects batch statistics (and updates the running ones)
     /// when the block keeps its BatchNorm ([`BnMode::Train`]).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if self.bn.is_none() {
+            return self.forward_folded(x);
+        }
         let y = self.convolve(x)?;
         let y = match &self.bn {
             Some(bn) => bn.forward_t(&y, train)?,
@@ -237,11 +241,40 @@ impl ConvBnAct {
         self.cfg.activation.apply(&y)
     }
 
+    /// Inference with the BatchNorm folded: convolution, bias and activation fused
+    /// where a fast kernel exists (see [`crate::conv_fast`]).
+    fn forward_folded(&self, x: &Tensor) -> Result<Tensor> {
+        // (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
+        let c = &self.cfg;
+        if self.is_depthwise() {
+            let y = depthwise_conv2d(x, self.conv.weight(), c.stride, c.padding())?;
+            // y is this call's own fresh tensor: the bias and activation may overwrite it.
+            bias_act_owned(y, self.conv.bias(), c.activation)
+        } else if c.groups == 1 {
+            conv2d_bias_act(
+                x,
+                self.conv.weight(),
+                self.conv.bias(),
+                c.stride,
+                c.padding(),
+                c.activation,
+            )
+        } else {
+            c.activation.apply(&self.conv.forward(x)?)
+        }
+    }
+
+    /// Whether this is a depthwise convolution (one filter per channel).
+    fn is_depthwise(&self) -> bool {
+        let c = &self.cfg;
+        c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels
+    }
+
     /// The convolution alone (with the folded BatchNorm as bias in inference mode).
     fn convolve(&self, x: &Tensor) -> Result<Tensor> {
         // (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
         let c = &self.cfg;
-        let y = if c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels {
+        let y = if self.is_depthwise() {
             let y = depthwise_conv2d(x, self.conv.weight(), c.stride, c.padding())?;
             match self.conv.bias() {
                 Some(b) => y.broadcast_add(&b.reshape((1, c.out_channels, 1, 1))?)?,

@@ -4,6 +4,8 @@
 //!   every network here (the seed's `ConvBNReLU`, the head's `conv2d`, Darknet53's
 //!   conv/bn/LeakyReLU triples), with the PyTorch tensor names of each variant.
 //! - [`depthwise_conv2d`]: a fast depthwise convolution op (CPU kernel + backward).
+//! - [`conv_fast`]: a fast dense convolution with fused bias and activation for
+//!   inference on the CPU (GEMM on NCHW, tiled im2col).
 //! - [`make_divisible`]: the seed's `_make_divisible` channel rounding.
 //! - [`Backbone`]: what the YOLOv3 head needs from a feature extractor.
 //! - [`summary`]: per-layer shape/parameter/multiply-add accounting (torchsummaryX-like).
@@ -13,6 +15,7 @@
 
 mod backbone;
 mod conv_bn;
+pub mod conv_fast;
 mod depthwise;
 mod divisible;
 mod error;

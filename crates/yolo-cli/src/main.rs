@@ -1,6 +1,10 @@
 //! `yolo-cli`: YOLOv3 (MobileNetV2 / Darknet53) on candle from the command line.
 
 mod args;
+mod convert;
+mod draw;
+mod model;
+mod output;
 mod run;
 mod stdout;
 mod summary;
@@ -21,6 +25,9 @@ enum Command {
     Run(run::RunArgs),
     /// Print a per-layer table of output shapes, parameters and multiply-adds.
     Summary(summary::SummaryArgs),
+    /// Convert a checkpoint (.pth, darknet .weights, candle-yolo-v3/timm safetensors)
+    /// into the project's safetensors.
+    Convert(convert::ConvertArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,6 +35,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Summary(args) => summary::run(args),
+        Command::Convert(args) => convert::run(args),
     };
     match result {
         Ok(code) => code,

@@ -29,3 +29,18 @@ mod error;
 pub use body::{LastLayers, YoloBody, INPUT_STRIDE};
 pub use config::{BackboneKind, YoloConfig, YOLO_ANCHORS, YOLO_ANCHORS_MASK};
 pub use error::{Error, Result};
+
+mod anchors;
+mod classes;
+pub mod decode;
+mod detection;
+mod detector;
+pub mod nms;
+pub mod postprocess;
+pub mod preprocess;
+
+pub use anchors::Anchors;
+pub use classes::ClassNames;
+pub use detection::Detection;
+pub use detector::{postprocess_heads, Detector, DetectorConfig};
+pub use preprocess::{load_image, load_image_from_memory, ResizeMode, DEFAULT_MAX_PIXELS};

@@ -1,0 +1,246 @@
+//! Model loading for `yolo-cli run`: weights, classes, anchors and the device.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use clap::ValueEnum;
+use yolov3_head::{Anchors, BackboneKind, ClassNames, YoloBody, YoloConfig};
+
+/// The name of the default weights of a backbone, as `cargo xtask download-weights` takes it.
+pub fn default_weights_name(backbone: BackboneKind) -> &'static str {
+    match backbone {
+        BackboneKind::Darknet53 => "darknet53-coco",
+        BackboneKind::MobileNetV2 => "mobilenetv2-voc",
+    }
+}
+
+/// Where `cargo xtask download-weights` puts the default weights of `backbone`
+/// (relative to the current directory).
+pub fn default_weights_path(backbone: BackboneKind) -> PathBuf {
+    PathBuf::from(format!(
+        "model_data/weights/{}.safetensors",
+        default_weights_name(backbone)
+    ))
+}
+
+/// The weights file to use: `--weights`, or the default one.
+///
+/// A missing default that has a download source (`darknet53-coco`) is fetched first
+/// through the same code as `cargo xtask download-weights` (unless `HF_HUB_OFFLINE=1`);
+/// if that fails, the error says which command to run.
+pub fn resolve_weights(arg: Option<&Path>, backbone: BackboneKind) -> anyhow::Result<PathBuf> {
+    if let Some(p) = arg {
+        if !p.is_file() {
+            anyhow::bail!("no weights at {}: the file does not exist", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    let path = default_weights_path(backbone);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let name = default_weights_name(backbone);
+    let hint = format!(
+        "no weights at {}: run `cargo xtask download-weights {name}` or pass --weights FILE",
+        path.display()
+    );
+    let Ok(spec) = yolo_weights::lookup(name) else {
+        // No public weights exist for the MobileNetV2 detector: it has to be trained.
+        anyhow::bail!(
+            "no weights at {}: there are no public weights for the {backbone} detector; train one with `yolo-cli train` and pass --weights FILE",
+            path.display()
+        );
+    };
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
+    let opts = yolo_weights::download::DownloadOptions {
+        out_dir: PathBuf::from(yolo_weights::WEIGHTS_DIR),
+        offline,
+        progress: true,
+        ..Default::default()
+    };
+    if !offline {
+        eprintln!("{} is missing: downloading {name} ...", path.display());
+    }
+    match yolo_weights::download::install(&spec, &opts) {
+        Ok(installed) if installed.path.is_file() => Ok(installed.path),
+        Ok(_) => anyhow::bail!("{hint}"),
+        Err(e) => Err(anyhow::Error::new(e).context(hint)),
+    }
+}
+
+const COCO_FILE: &str = "model_data/coco_classes.txt";
+const VOC_FILE: &str = "model_data/voc_classes.txt";
+
+/// `--classes FILE`, or the backbone's default list: `model_data/coco_classes.txt`
+/// (darknet53) or `model_data/voc_classes.txt` (mobilenetv2) from the current
+/// directory when it is there, the copy built into the binary otherwise. Returns the
+/// names and where they came from.
+pub fn resolve_classes(
+    arg: Option<&Path>,
+    backbone: BackboneKind,
+) -> anyhow::Result<(ClassNames, String)> {
+    if let Some(p) = arg {
+        let names = ClassNames::from_file(p)?;
+        return Ok((names, p.display().to_string()));
+    }
+    let file = match backbone {
+        BackboneKind::Darknet53 => COCO_FILE,
+        BackboneKind::MobileNetV2 => VOC_FILE,
+    };
+    if Path::new(file).is_file() {
+        return Ok((ClassNames::from_file(Path::new(file))?, file.to_string()));
+    }
+    let names = match backbone {
+        BackboneKind::Darknet53 => ClassNames::coco(),
+        BackboneKind::MobileNetV2 => ClassNames::voc(),
+    };
+    Ok((names, format!("built-in {file}")))
+}
+
+/// `--anchors FILE`, or the YOLOv3 anchors.
+pub fn resolve_anchors(arg: Option<&Path>) -> anyhow::Result<Anchors> {
+    Ok(match arg {
+        Some(p) => Anchors::from_file(p)?,
+        None => Anchors::yolov3(),
+    })
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceChoice {
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU (needs a build with `--features cuda`).
+    Cuda,
+    /// The first Metal GPU (needs a build with `--features metal`).
+    Metal,
+}
+
+/// The device asked for, or the best one built in (CUDA, then Metal, then the CPU).
+pub fn select_device(choice: Option<DeviceChoice>) -> anyhow::Result<Device> {
+    match choice {
+        Some(DeviceChoice::Cpu) => Ok(Device::Cpu),
+        Some(DeviceChoice::Cuda) => Device::new_cuda(0).context(
+            "--device cuda: no CUDA device (this yolo-cli needs building with `--features cuda`)",
+        ),
+        Some(DeviceChoice::Metal) => Device::new_metal(0).context(
+            "--device metal: no Metal device (this yolo-cli needs building with `--features metal`)",
+        ),
+        None => {
+            if cfg!(feature = "cuda") {
+                if let Ok(d) = Device::new_cuda(0) {
+                    return Ok(d);
+                }
+            }
+            if cfg!(feature = "metal") {
+                if let Ok(d) = Device::new_metal(0) {
+                    return Ok(d);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+/// Loads weights into a YOLOv3 body. Errors name the file.
+///
+/// The project's safetensors (reference PyTorch names) load directly, with the
+/// BatchNorm epsilon recorded in their metadata (1e-6 for darknet imports, 1e-5 when
+/// absent); any other checkpoint `yolo-cli convert` reads (`.pth`, darknet `.weights`,
+/// candle-yolo-v3 or timm safetensors) is converted in memory first.
+pub fn load_model(path: &Path, cfg: &YoloConfig, device: &Device) -> anyhow::Result<YoloBody> {
+    let canonical = match yolo_weights::convert::detect_format(path) {
+        Ok(yolo_weights::SourceFormat::Safetensors) => {
+            yolo_weights::load_canonical(path, device).ok()
+        }
+        _ => None,
+    };
+    let (tensors, meta) = match canonical {
+        Some(loaded) => (loaded.tensors, loaded.meta),
+        None => {
+            let opts = yolo_weights::ConvertOptions {
+                backbone: Some(cfg.backbone),
+                ..Default::default()
+            };
+            let converted = yolo_weights::convert_file(path, &opts)
+                .with_context(|| format!("cannot read weights {}", path.display()))?;
+            let tensors = converted
+                .tensors
+                .into_iter()
+                .map(|(k, t)| Ok((k, t.to_device(device)?)))
+                .collect::<candle_core::Result<_>>()?;
+            (tensors, converted.meta)
+        }
+    };
+    if meta.backbone != cfg.backbone {
+        anyhow::bail!(
+            "{} holds a {} model, not {}: pass --backbone {}",
+            path.display(),
+            meta.backbone,
+            cfg.backbone,
+            meta.backbone
+        );
+    }
+    let cfg = YoloConfig {
+        bn_eps: meta.bn_eps,
+        ..cfg.clone()
+    };
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    YoloBody::new(&cfg, vb).with_context(|| {
+        format!(
+            "cannot build the {} model ({} classes) from {}",
+            cfg.backbone,
+            cfg.num_classes,
+            path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_paths_and_messages() {
+        assert_eq!(
+            default_weights_path(BackboneKind::Darknet53),
+            PathBuf::from("model_data/weights/darknet53-coco.safetensors")
+        );
+        assert_eq!(
+            default_weights_path(BackboneKind::MobileNetV2),
+            PathBuf::from("model_data/weights/mobilenetv2-voc.safetensors")
+        );
+        let e = resolve_weights(
+            Some(Path::new("/nonexistent/w.safetensors")),
+            BackboneKind::Darknet53,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/w.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn default_classes_follow_the_backbone() {
+        assert_eq!(
+            resolve_classes(None, BackboneKind::Darknet53)
+                .unwrap()
+                .0
+                .len(),
+            80
+        );
+        assert_eq!(
+            resolve_classes(None, BackboneKind::MobileNetV2)
+                .unwrap()
+                .0
+                .len(),
+            20
+        );
+    }
+
+    #[test]
+    fn cpu_is_always_there() {
+        assert!(select_device(Some(DeviceChoice::Cpu)).unwrap().is_cpu());
+        select_device(None).unwrap();
+    }
+}

@@ -1,0 +1,286 @@
+//! The canonical weights file: safetensors with the reference PyTorch names, f32, and
+//! metadata that says what the tensors are for and how to run them.
+//!
+//! | key           | value                                              |
+//! |---------------|----------------------------------------------------|
+//! | `format`      | `yolo-rs/1`                                        |
+//! | `model`       | `yolov3` or `mobilenetv2-classifier`               |
+//! | `backbone`    | `darknet53` or `mobilenetv2`                       |
+//! | `num_classes` | classes of the head or classifier                  |
+//! | `bn_eps`      | BatchNorm epsilon (1e-5 PyTorch, 1e-6 darknet)     |
+//! | `width_mult`  | MobileNetV2 width multiplier (classifier only)     |
+//! | `source`      | where the tensors came from                        |
+//!
+//! Files without metadata (any safetensors with reference names) load too: the model
+//! and class count come from the tensors, and `bn_eps` is 1e-5.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use nn_blocks::DEFAULT_BN_EPS;
+use yolov3_head::{BackboneKind, YoloConfig};
+
+use crate::{Error, Result};
+
+/// The value of the `format` metadata key.
+pub const FORMAT: &str = "yolo-rs/1";
+
+/// What a canonical file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A whole `YoloBody` (backbone and heads).
+    Yolo,
+    /// The torchvision-style MobileNetV2 ImageNet classifier (`features.*`, `classifier.1`).
+    Classifier,
+}
+
+impl ModelKind {
+    /// The metadata name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelKind::Yolo => "yolov3",
+            ModelKind::Classifier => "mobilenetv2-classifier",
+        }
+    }
+}
+
+/// The metadata of a canonical file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightsMeta {
+    /// What the tensors are.
+    pub model: ModelKind,
+    /// The backbone (`mobilenetv2` for the classifier).
+    pub backbone: BackboneKind,
+    /// Classes of the YOLO head or the classifier.
+    pub num_classes: usize,
+    /// BatchNorm epsilon to run the model with.
+    pub bn_eps: f64,
+    /// MobileNetV2 width multiplier (1.0 unless a classifier says otherwise).
+    pub width_mult: f64,
+    /// Where the tensors came from (free text).
+    pub source: String,
+}
+
+impl WeightsMeta {
+    /// The safetensors metadata map.
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        m.insert("format".into(), FORMAT.into());
+        m.insert("model".into(), self.model.name().into());
+        m.insert("backbone".into(), self.backbone.name().into());
+        m.insert("num_classes".into(), self.num_classes.to_string());
+        m.insert("bn_eps".into(), format!("{:e}", self.bn_eps));
+        if self.model == ModelKind::Classifier {
+            m.insert("width_mult".into(), self.width_mult.to_string());
+        }
+        m.insert("source".into(), self.source.clone());
+        m
+    }
+
+    /// Reads the metadata, filling what is absent from `tensors` (names and shapes).
+    pub fn from_metadata(
+        meta: &HashMap<String, String>,
+        tensors: &HashMap<String, Vec<usize>>,
+        path: &Path,
+    ) -> Result<Self> {
+        let bad = |key: &str, reason: String| Error::Metadata {
+            path: path.to_path_buf(),
+            key: key.into(),
+            reason,
+        };
+        let guessed = guess_meta(tensors);
+        let model = match meta.get("model").map(String::as_str) {
+            Some("yolov3") => ModelKind::Yolo,
+            Some("mobilenetv2-classifier") => ModelKind::Classifier,
+            Some(other) => return Err(bad("model", format!("unknown model `{other}`"))),
+            None => guessed.as_ref().map(|g| g.model).ok_or_else(|| {
+                bad(
+                    "model",
+                    "absent, and the tensor names are not those of a known model".into(),
+                )
+            })?,
+        };
+        let backbone = match meta.get("backbone") {
+            Some(b) => b.parse().map_err(|e: String| bad("backbone", e))?,
+            None => guessed
+                .as_ref()
+                .map(|g| g.backbone)
+                .ok_or_else(|| bad("backbone", "absent".into()))?,
+        };
+        let num_classes = match meta.get("num_classes") {
+            Some(n) => n
+                .parse()
+                .map_err(|_| bad("num_classes", format!("`{n}` is not a count")))?,
+            None => guessed
+                .as_ref()
+                .map(|g| g.num_classes)
+                .ok_or_else(|| bad("num_classes", "absent".into()))?,
+        };
+        let bn_eps = match meta.get("bn_eps") {
+            Some(e) => match e.parse::<f64>() {
+                Ok(v) if v > 0.0 && v < 1.0 => v,
+                _ => {
+                    return Err(bad(
+                        "bn_eps",
+                        format!("`{e}` is not a small positive number"),
+                    ))
+                }
+            },
+            None => DEFAULT_BN_EPS,
+        };
+        let width_mult = match meta.get("width_mult") {
+            Some(w) => match w.parse::<f64>() {
+                Ok(v) if v > 0.0 => v,
+                _ => return Err(bad("width_mult", format!("`{w}` is not positive"))),
+            },
+            None => 1.0,
+        };
+        Ok(Self {
+            model,
+            backbone,
+            num_classes,
+            bn_eps,
+            width_mult,
+            source: meta.get("source").cloned().unwrap_or_default(),
+        })
+    }
+
+    /// The `YoloConfig` to build the body with (`None` for a classifier).
+    pub fn yolo_config(&self) -> Option<YoloConfig> {
+        (self.model == ModelKind::Yolo).then(|| YoloConfig {
+            bn_eps: self.bn_eps,
+            ..YoloConfig::new(self.backbone, self.num_classes)
+        })
+    }
+
+    /// The MobileNetV2 classifier config (`None` for YOLO weights).
+    pub fn classifier_config(&self) -> Option<mobilenet_v2::Config> {
+        (self.model == ModelKind::Classifier).then(|| mobilenet_v2::Config {
+            num_classes: self.num_classes,
+            bn_eps: self.bn_eps,
+            ..mobilenet_v2::Config::with_width(self.width_mult)
+        })
+    }
+}
+
+/// What the reference names and shapes say about a state dict, if it is a known model.
+pub fn guess_meta(shapes: &HashMap<String, Vec<usize>>) -> Option<WeightsMeta> {
+    let first = |n: &str| shapes.get(n).and_then(|s| s.first().copied());
+    if let Some(c) = first("last_layer0.6.weight") {
+        let backbone = if shapes.contains_key("backbone.conv1.weight") {
+            BackboneKind::Darknet53
+        } else {
+            BackboneKind::MobileNetV2
+        };
+        return Some(WeightsMeta {
+            model: ModelKind::Yolo,
+            backbone,
+            num_classes: (c / 3).saturating_sub(5),
+            bn_eps: DEFAULT_BN_EPS,
+            width_mult: 1.0,
+            source: String::new(),
+        });
+    }
+    if let Some(c) = first("classifier.1.weight") {
+        return Some(WeightsMeta {
+            model: ModelKind::Classifier,
+            backbone: BackboneKind::MobileNetV2,
+            num_classes: c,
+            bn_eps: DEFAULT_BN_EPS,
+            width_mult: 1.0,
+            source: String::new(),
+        });
+    }
+    None
+}
+
+/// Serialises f32 tensors and metadata as a safetensors file in memory.
+pub fn canonical_bytes(tensors: &BTreeMap<String, Tensor>, meta: &WeightsMeta) -> Result<Vec<u8>> {
+    let ts = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.contiguous()?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(ts, Some(meta.to_metadata()))?)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, then
+/// renames it: `path` is either its old self or the complete new file, never half.
+pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
+    if !overwrite && path.exists() {
+        return Err(Error::Exists(path.to_path_buf()));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io(tmp.path(), e))?;
+    if overwrite {
+        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    } else {
+        tmp.persist_noclobber(path)
+            .map_err(|e| Error::io(path, e.error))?;
+    }
+    Ok(())
+}
+
+/// A canonical file in memory.
+#[derive(Debug, Clone)]
+pub struct LoadedWeights {
+    /// The tensors, by reference name (f32, on the requested device).
+    pub tensors: HashMap<String, Tensor>,
+    /// What they are.
+    pub meta: WeightsMeta,
+}
+
+impl LoadedWeights {
+    /// A `VarBuilder` over the tensors.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_tensors(self.tensors.clone(), dtype, device)
+    }
+}
+
+/// The `__metadata__` map and the tensor shapes of a safetensors file.
+pub type SafetensorsHeader = (HashMap<String, String>, HashMap<String, Vec<usize>>);
+
+/// Reads the metadata of a safetensors file from its bytes.
+pub fn read_safetensors_metadata(bytes: &[u8], path: &Path) -> Result<SafetensorsHeader> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::NotACheckpoint {
+        path: path.to_path_buf(),
+        detail: format!(": bad safetensors ({e})"),
+    })?;
+    let shapes = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec()))
+        .collect();
+    let (_, m) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::NotACheckpoint {
+            path: path.to_path_buf(),
+            detail: format!(": bad safetensors ({e})"),
+        })?;
+    Ok((m.metadata().clone().unwrap_or_default(), shapes))
+}
+
+/// Opens a canonical safetensors file: tensors (as f32 on `device`) and metadata,
+/// `bn_eps` 1e-5 when absent.
+pub fn load_canonical(path: &Path, device: &Device) -> Result<LoadedWeights> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (meta, shapes) = read_safetensors_metadata(&bytes, path)?;
+    let meta = WeightsMeta::from_metadata(&meta, &shapes, path)?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok(LoadedWeights { tensors, meta })
+}

@@ -1,0 +1,3 @@
+//! Integration tests of yolo-weights (no network: a loopback server plays the Hub).
+
+mod weights;

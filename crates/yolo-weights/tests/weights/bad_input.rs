@@ -1,0 +1,171 @@
+//! Bad input: each a clear error naming what is wrong.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+use yolo_weights::convert::convert_tensors;
+use yolo_weights::darknet::yolov3_float_count;
+use yolo_weights::{convert_file, ConvertOptions, Error, Naming, SourceFormat};
+
+use super::common::{keys, synthetic};
+
+fn header(major: i32, minor: i32) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [major, minor, 5] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b
+}
+
+#[test]
+fn truncated_darknet_says_expected_and_found_floats() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cut.weights");
+    let mut b = header(0, 2);
+    b.extend(std::iter::repeat_n(0u8, 4000));
+    std::fs::write(&p, &b).unwrap();
+    let err = convert_file(&p, &ConvertOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::DarknetTruncated { expected, found: 1000, num_classes: 80, .. } if expected == yolov3_float_count(80)),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("expected 62001757 floats") && msg.contains("found 1000"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_darknet_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("odd.weights");
+    let mut b = header(3, 7);
+    b.extend([0u8; 64]);
+    std::fs::write(&p, &b).unwrap();
+    let err = convert_file(&p, &ConvertOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DarknetVersion {
+                major: 3,
+                minor: 7,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("3.7"), "{err}");
+}
+
+#[test]
+fn not_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.txt");
+    std::fs::write(&p, "these are not weights, just some text long enough").unwrap();
+    let err = convert_file(&p, &ConvertOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::NotACheckpoint { .. }), "{err}");
+    assert!(err.to_string().contains("not a checkpoint"), "{err}");
+    // A zip that is no PyTorch file.
+    let p = dir.path().join("empty.pth");
+    std::fs::write(&p, b"PK\x03\x04garbage").unwrap();
+    assert!(convert_file(&p, &ConvertOptions::default()).is_err());
+    // safetensors without any known model.
+    let p = dir.path().join("other.safetensors");
+    let t: HashMap<String, Tensor> = [(
+        "encoder.weight".to_string(),
+        Tensor::zeros((2, 2), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+    )]
+    .into_iter()
+    .collect();
+    candle_core::safetensors::save(&t, &p).unwrap();
+    let err = convert_file(&p, &ConvertOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Unrecognized(_)), "{err}");
+}
+
+#[test]
+fn missing_unexpected_and_misshapen_tensors_are_named() {
+    let keys = keys("yolo_mobilenetv2_voc20");
+    let mut t = synthetic(&keys);
+    // features.18 and classifier are in the reference but never read: dropped, not errors.
+    let ok = convert_tensors(
+        t.clone().into_iter().collect(),
+        Naming::Reference,
+        SourceFormat::Safetensors,
+        &ConvertOptions::default(),
+        "test",
+    )
+    .unwrap();
+    assert!(!ok.report.dropped_unused.is_empty());
+    assert!(ok
+        .report
+        .dropped_unused
+        .iter()
+        .all(|n| n.contains("features.18") || n.contains("classifier")));
+    assert_eq!(ok.meta.num_classes, 20);
+    assert_eq!(ok.meta.bn_eps, 1e-5);
+
+    t.remove("last_layer1.3.bn.running_var");
+    t.insert(
+        "last_layer1.9.extra".into(),
+        Tensor::zeros(3, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+    );
+    t.insert(
+        "backbone.model.features.3.conv.1.0.weight".into(),
+        Tensor::zeros(
+            (144, 1, 5, 5),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap(),
+    );
+    let err = convert_tensors(
+        t.into_iter().collect(),
+        Naming::Reference,
+        SourceFormat::Safetensors,
+        &ConvertOptions::default(),
+        "test",
+    )
+    .unwrap_err();
+    match &err {
+        Error::Mismatch {
+            missing,
+            unexpected,
+            shapes,
+            ..
+        } => {
+            assert_eq!(missing, &vec!["last_layer1.3.bn.running_var".to_string()]);
+            assert_eq!(unexpected, &vec!["last_layer1.9.extra".to_string()]);
+            assert_eq!(shapes.len(), 1);
+            assert_eq!(shapes[0].expected, vec![144, 1, 3, 3]);
+        }
+        other => panic!("{other}"),
+    }
+    let msg = err.to_string();
+    for needle in [
+        "last_layer1.3.bn.running_var",
+        "last_layer1.9.extra",
+        "[144, 1, 3, 3]",
+        "[144, 1, 5, 5]",
+    ] {
+        assert!(msg.contains(needle), "{msg}");
+    }
+}
+
+#[test]
+fn class_count_override_that_does_not_fit_is_explained() {
+    let t = synthetic(&keys("yolo_mobilenetv2_voc20"));
+    let err = convert_tensors(
+        t.into_iter().collect(),
+        Naming::Reference,
+        SourceFormat::Safetensors,
+        &ConvertOptions {
+            num_classes: Some(80),
+            ..Default::default()
+        },
+        "test",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("80"), "{err}");
+}

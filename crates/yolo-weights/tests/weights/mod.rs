@@ -1,0 +1,6 @@
+mod bad_input;
+mod common;
+mod darknet;
+mod download;
+mod maps;
+mod pth;

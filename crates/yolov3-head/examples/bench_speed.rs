@@ -1,0 +1,124 @@
+//! Speed benchmark of one YoloBody forward pass, for `cargo xtask bench`.
+//!
+//! ```sh
+//! cargo run --release -p yolov3-head --example bench_speed -- \
+//!     --backbone mobilenetv2 --num-classes 20 --size 416 --batch 1 --iters 20 --warmup 3
+//! ```
+//!
+//! Builds the model on deterministic synthetic weights (`nn_blocks::weights::SyntheticWeights`),
+//! runs `warmup` untimed passes then `iters` timed ones, and prints one JSON object on
+//! stdout: median / min / max milliseconds per batch, per image, images per second, the
+//! load time and the process's peak RSS (`VmHWM`). Run one configuration per process so
+//! that the peak RSS belongs to it.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use nn_blocks::weights::SyntheticWeights;
+use yolov3_head::{BackboneKind, YoloBody, YoloConfig};
+
+struct Args {
+    backbone: String,
+    num_classes: usize,
+    size: usize,
+    batch: usize,
+    iters: usize,
+    warmup: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        backbone: "mobilenetv2".into(),
+        num_classes: 20,
+        size: 416,
+        batch: 1,
+        iters: 20,
+        warmup: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        // `cargo bench` passes --bench; ignore it and other bare flags.
+        if flag == "--bench" {
+            continue;
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let num = || value.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--backbone" => a.backbone = value.clone(),
+            "--num-classes" => a.num_classes = num()?,
+            "--size" => a.size = num()?,
+            "--batch" => a.batch = num()?,
+            "--iters" => a.iters = num()?.max(1),
+            "--warmup" => a.warmup = num()?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM` in /proc/self/status).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    let kind = match args.backbone.as_str() {
+        "mobilenetv2" => BackboneKind::MobileNetV2,
+        "darknet53" => BackboneKind::Darknet53,
+        other => return Err(format!("unknown backbone {other}").into()),
+    };
+    let device = Device::Cpu;
+    let t0 = Instant::now();
+    let vb = VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, device.clone());
+    let model = YoloBody::new(&YoloConfig::new(kind, args.num_classes), vb)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // (B, 3, S, S) in [0, 1), like a preprocessed image.
+    let x = Tensor::rand(0f32, 1f32, (args.batch, 3, args.size, args.size), &device)?;
+
+    for _ in 0..args.warmup {
+        model.forward(&x)?;
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t = Instant::now();
+        let (a, b, c) = model.forward(&x)?;
+        // Outputs are computed eagerly on the CPU; drop them inside the timing.
+        drop((a, b, c));
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    let per_image = median / args.batch as f64;
+    let threads = candle_core::utils::get_num_threads();
+    println!(
+        "{{\"impl\":\"yolo-rs\",\"backbone\":\"{}\",\"num_classes\":{},\"size\":{},\"batch\":{},\
+         \"threads\":{},\"fast_conv\":{},\"iters\":{},\"warmup\":{},\"median_ms\":{:.3},\
+         \"min_ms\":{:.3},\"max_ms\":{:.3},\"ms_per_image\":{:.3},\"images_per_s\":{:.3},\
+         \"load_ms\":{:.1},\"peak_rss_mib\":{:.1}}}",
+        args.backbone,
+        args.num_classes,
+        args.size,
+        args.batch,
+        threads,
+        nn_blocks::conv_fast::fast_conv_enabled(),
+        args.iters,
+        args.warmup,
+        median,
+        times[0],
+        times[times.len() - 1],
+        per_image,
+        1e3 / per_image,
+        load_ms,
+        peak_rss_mib().unwrap_or(f64::NAN),
+    );
+    Ok(())
+}

@@ -1,0 +1,496 @@
+//! End-to-end tests of `yolo-cli run` on files the tests generate.
+//!
+//! One synthetic-weights file (MobileNetV2 body, 20 VOC classes, the deterministic
+//! weights of `nn_blocks::weights::synthetic_values`) is written once per build into
+//! Cargo's integration-test temp dir and shared by every test; inputs are small
+//! images and the network runs at 64x64.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use assert_cmd::Command;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use image::{Rgb, RgbImage};
+use nn_blocks::weights::{synthetic_values, RecordingBackend, SyntheticWeights};
+use serde_json::Value;
+use yolov3_head::{YoloBody, YoloConfig};
+
+/// The shared weights file (generated on first use).
+fn weights() -> &'static Path {
+    static W: OnceLock<PathBuf> = OnceLock::new();
+    W.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("cli-mobilenetv2-voc-synthetic-v1.safetensors");
+        if path.is_file() {
+            return path;
+        }
+        let (backend, log) = RecordingBackend::new(SyntheticWeights);
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
+        YoloBody::new(&YoloConfig::voc_mobilenetv2(), vb).expect("synthetic model");
+        let tensors: HashMap<String, Tensor> = log
+            .entries()
+            .into_iter()
+            .map(|(name, dims)| {
+                let t =
+                    Tensor::from_vec(synthetic_values(&name, &dims), dims, &Device::Cpu).unwrap();
+                (name, t)
+            })
+            .collect();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        candle_core::safetensors::save(&tensors, &tmp).expect("write weights");
+        std::fs::rename(&tmp, &path).expect("rename weights");
+        path
+    })
+}
+
+fn image(w: u32, h: u32, seed: u8) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        Rgb([
+            (x * 7 + seed as u32) as u8,
+            (y * 11) as u8,
+            ((x + y) * 3 + seed as u32 * 5) as u8,
+        ])
+    })
+}
+
+/// `yolo-cli run` on the synthetic weights at 64x64, run in `cwd`.
+fn run(cwd: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("yolo-cli").unwrap();
+    cmd.current_dir(cwd)
+        .args([
+            "run",
+            "--backbone",
+            "mobilenetv2",
+            "--input-size",
+            "64",
+            "--device",
+            "cpu",
+            "--weights",
+        ])
+        .arg(weights());
+    cmd
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_no_panic(out: &std::process::Output) {
+    let err = stderr_of(out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
+
+#[test]
+fn detects_writes_json_images_and_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    image(40, 30, 1).save(dir.path().join("a.png")).unwrap();
+    image(64, 48, 2).save(dir.path().join("b.jpg")).unwrap();
+    let out = run(dir.path())
+        .args([
+            "a.png",
+            "b.jpg",
+            "--conf",
+            "0.05",
+            "--format",
+            "json",
+            "--save-txt",
+            "--output",
+            "out",
+        ])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let v: Value = serde_json::from_str(&stdout_of(&out)).expect("stdout is one JSON document");
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj.keys().collect::<Vec<_>>(), ["a.png", "b.jpg"]);
+    let mut total = 0;
+    for (dets, (stem, (w, h))) in obj.values().zip([("a", (40.0, 30.0)), ("b", (64.0, 48.0))]) {
+        let dets = dets.as_array().unwrap();
+        total += dets.len();
+        for d in dets {
+            let d = d.as_object().unwrap();
+            let mut keys: Vec<&str> = d.keys().map(String::as_str).collect();
+            keys.sort();
+            assert_eq!(
+                keys,
+                ["class_id", "class_name", "score", "x1", "x2", "y1", "y2"]
+            );
+            let f = |k: &str| d[k].as_f64().unwrap();
+            assert!(
+                0.0 <= f("x1") && f("x1") <= f("x2") && f("x2") <= w,
+                "{d:?}"
+            );
+            assert!(
+                0.0 <= f("y1") && f("y1") <= f("y2") && f("y2") <= h,
+                "{d:?}"
+            );
+            assert!(f("score") >= 0.05);
+            assert!(d["class_id"].as_u64().unwrap() < 20);
+        }
+        let labels =
+            std::fs::read_to_string(dir.path().join(format!("out/labels/{stem}.txt"))).unwrap();
+        assert_eq!(labels.lines().count(), dets.len());
+    }
+    assert!(total > 0, "the synthetic weights give boxes at conf 0.05");
+    assert_eq!(
+        image::open(dir.path().join("out/a.png")).unwrap().width(),
+        40
+    );
+    assert_eq!(
+        image::open(dir.path().join("out/b.jpg")).unwrap().height(),
+        48
+    );
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("2 images (0 skipped)") && err.contains("inference"),
+        "{err}"
+    );
+}
+
+#[test]
+fn batches_and_stretch_give_consistent_results() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (w, h)) in [(50, 20), (20, 50), (33, 33)].iter().enumerate() {
+        image(*w, *h, i as u8)
+            .save(dir.path().join(format!("{i}.png")))
+            .unwrap();
+    }
+    let json = |extra: &[&str]| -> Value {
+        let out = run(dir.path())
+            .args([".", "--conf", "0.05", "--format", "json", "--no-draw"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        serde_json::from_str(&stdout_of(&out)).unwrap()
+    };
+    let one = json(&[]);
+    assert_eq!(one.as_object().unwrap().len(), 3);
+    assert_eq!(one, json(&["--batch", "2"]));
+    let stretched = json(&["--no-letterbox", "--batch", "3"]);
+    assert_eq!(stretched.as_object().unwrap().len(), 3);
+    assert_ne!(one, stretched);
+    // --no-draw and no --save-txt: nothing written
+    assert!(!dir.path().join("runs").exists());
+}
+
+#[test]
+fn bad_files_are_reported_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("imgs");
+    std::fs::create_dir(&d).unwrap();
+    image(30, 20, 3).save(d.join("good.png")).unwrap();
+    std::fs::write(d.join("empty.png"), b"").unwrap();
+    std::fs::write(
+        d.join("corrupt.jpg"),
+        b"\xff\xd8\xff\xe0 this is not really a jpeg",
+    )
+    .unwrap();
+    let mut png = Vec::new();
+    image(64, 64, 4)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(d.join("truncated.png"), &png[..png.len() / 2]).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not an image\n").unwrap();
+    let out = run(dir.path())
+        .args([
+            "imgs",
+            "notes.txt",
+            "missing.png",
+            "--format",
+            "jsonl",
+            "--no-draw",
+        ])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    for bad in [
+        "empty.png",
+        "corrupt.jpg",
+        "truncated.png",
+        "notes.txt",
+        "missing.png",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("skipping") && l.contains(bad)),
+            "{bad}: {err}"
+        );
+    }
+    let lines: Vec<Value> = stdout_of(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0]["path"].as_str().unwrap().ends_with("good.png"));
+    assert!(err.contains("1 image (5 skipped)"), "{err}");
+}
+
+#[test]
+fn decompression_bomb_is_refused_by_the_pixel_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // A PNG whose header claims 100000x100000 RGB (30 GB) and that holds almost no data.
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        png.extend(&body);
+        png.extend(crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    // a few bytes of zlib data: far too little for the claimed size
+    chunk(b"IDAT", b"\x78\x9c\x63\x60\x00\x00\x00\x02\x00\x01");
+    chunk(b"IEND", b"");
+    std::fs::write(dir.path().join("bomb.png"), &png).unwrap();
+    image(16, 16, 5).save(dir.path().join("ok.png")).unwrap();
+    let out = run(dir.path())
+        .args(["bomb.png", "ok.png", "--no-draw"])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("bomb.png") && err.contains("100000x100000") && err.contains("over the limit"),
+        "{err}"
+    );
+    assert!(stdout_of(&out).contains("ok.png"));
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn unusable_output_directory_fails_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    image(16, 16, 6).save(dir.path().join("a.png")).unwrap();
+    std::fs::write(dir.path().join("taken"), b"a file").unwrap();
+    // the weights do not exist either: the output directory is checked first
+    let out = Command::cargo_bin("yolo-cli")
+        .unwrap()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "a.png",
+            "--weights",
+            "nowhere.safetensors",
+            "--output",
+            "taken/sub",
+        ])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("cannot create the output directory taken/sub"),
+        "{err}"
+    );
+    assert!(!err.contains("nowhere"), "{err}");
+}
+
+#[test]
+fn class_count_mismatch_names_both_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    image(16, 16, 7).save(dir.path().join("a.png")).unwrap();
+    std::fs::write(dir.path().join("three.txt"), "cat\ndog\nbird\n").unwrap();
+    let out = run(dir.path())
+        .args(["a.png", "--classes", "three.txt", "--no-draw"])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("trained for 20 classes") && err.contains("configured for 3"),
+        "{err}"
+    );
+    assert!(err.contains("three.txt"), "{err}");
+}
+
+#[test]
+fn malformed_anchors_file_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    image(16, 16, 8).save(dir.path().join("a.png")).unwrap();
+    std::fs::write(
+        dir.path().join("anchors.txt"),
+        "10,13, 16,30, 33,23\n30,61, 62,four5\n",
+    )
+    .unwrap();
+    let out = run(dir.path())
+        .args(["a.png", "--anchors", "anchors.txt", "--no-draw"])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("anchors.txt line 2") && err.contains("`four5`"),
+        "{err}"
+    );
+}
+
+/// Missing default weights: offline (empty cache), or with the Hub unreachable (a
+/// loopback port nothing listens on), the run stops with the command to fetch them.
+#[test]
+fn missing_default_weights_say_which_command_to_run() {
+    let hint = "error: no weights at model_data/weights/darknet53-coco.safetensors: run `cargo xtask download-weights darknet53-coco` or pass --weights FILE";
+    let dir = tempfile::tempdir().unwrap();
+    image(16, 16, 9).save(dir.path().join("a.png")).unwrap();
+    let unused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (key, value) in [
+        ("HF_HUB_OFFLINE", "1".to_string()),
+        ("HF_ENDPOINT", format!("http://127.0.0.1:{unused_port}")),
+    ] {
+        let out = Command::cargo_bin("yolo-cli")
+            .unwrap()
+            .current_dir(dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .env("HF_ENDPOINT", format!("http://127.0.0.1:{unused_port}"))
+            .env(key, value)
+            .args(["run", "a.png", "--no-draw"])
+            .output()
+            .unwrap();
+        assert_no_panic(&out);
+        assert!(!out.status.success());
+        let err = stderr_of(&out);
+        assert!(err.contains(hint), "{key}: {err}");
+        assert!(!dir
+            .path()
+            .join("model_data/weights/darknet53-coco.safetensors")
+            .exists());
+    }
+    // The MobileNetV2 detector has no public weights: the error says to train one.
+    let out = Command::cargo_bin("yolo-cli")
+        .unwrap()
+        .current_dir(dir.path())
+        .args(["run", "a.png", "--no-draw", "--backbone", "mobilenetv2"])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("no public weights") && err.contains("yolo-cli train"),
+        "{err}"
+    );
+}
+
+#[test]
+fn drawn_images_never_overwrite_inputs_and_names_do_not_clash() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("x")).unwrap();
+    image(20, 20, 10).save(dir.path().join("a.png")).unwrap();
+    image(24, 24, 11).save(dir.path().join("x/a.png")).unwrap();
+    let before = std::fs::read(dir.path().join("a.png")).unwrap();
+    // the output directory is the inputs' own directory
+    let out = run(dir.path())
+        .args(["a.png", "x/a.png", "--output", ".", "--conf", "0.05"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(dir.path().join("a.png")).unwrap(), before);
+    assert_eq!(image::open(dir.path().join("a-2.png")).unwrap().width(), 20);
+    assert_eq!(image::open(dir.path().join("a-3.png")).unwrap().width(), 24);
+}
+
+#[test]
+fn directories_need_recursive_to_descend() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("d/sub")).unwrap();
+    image(16, 16, 12)
+        .save(dir.path().join("d/top.png"))
+        .unwrap();
+    image(16, 16, 13)
+        .save(dir.path().join("d/sub/deep.bmp"))
+        .unwrap();
+    std::fs::write(
+        dir.path().join("d/readme.md"),
+        "ignored: not an image extension",
+    )
+    .unwrap();
+    let paths = |extra: &[&str]| -> Vec<String> {
+        let out = run(dir.path())
+            .args(["d", "--format", "jsonl", "--no-draw"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        stdout_of(&out)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["path"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        paths(&[]),
+        [Path::new("d").join("top.png").display().to_string()]
+    );
+    assert_eq!(
+        paths(&["--recursive"]),
+        [
+            Path::new("d").join("sub/deep.bmp").display().to_string(),
+            Path::new("d").join("top.png").display().to_string()
+        ]
+    );
+}
+
+#[test]
+fn table_output_and_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    image(16, 16, 14).save(dir.path().join("a.png")).unwrap();
+    let out = run(dir.path())
+        .args(["a.png", "--no-draw"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).starts_with("a.png (16x16): "),
+        "{}",
+        stdout_of(&out)
+    );
+    for bad in [
+        ["--conf", "1.5"],
+        ["--nms-iou", "-0.1"],
+        ["--input-size", "100"],
+        ["--batch", "0"],
+    ] {
+        let out = run(dir.path()).arg("a.png").args(bad).output().unwrap();
+        assert_no_panic(&out);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}
