@@ -8,6 +8,8 @@ mod output;
 mod run;
 mod stdout;
 mod summary;
+mod train;
+mod eval;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,10 @@ enum Command {
     /// Convert a checkpoint (.pth, darknet .weights, candle-yolo-v3/timm safetensors)
     /// into the project's safetensors.
     Convert(convert::ConvertArgs),
+    /// Train a model on annotation files (the reference's train.py).
+    Train(train::TrainArgs),
+    /// VOC mAP@0.5 and COCO-style mAP@[.5:.95] on an annotation file.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +42,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run::run(args),
         Command::Summary(args) => summary::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,62 @@
+//! `yolo-cli eval`: VOC mAP@0.5 (the reference's `get_map.py`) and COCO-style mAP@[.5:.95].
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use clap::Args;
+use yolo_train::dataset::{load_annotations, BadLinePolicy};
+use yolov3_head::{BackboneKind, ClassNames, YoloBody, YoloConfig};
+
+/// Arguments of `yolo-cli eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Weights (safetensors with the reference names).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Annotation file of the images to evaluate.
+    #[arg(long)]
+    pub annotations: PathBuf,
+    /// Class names, one per line.
+    #[arg(long)]
+    pub classes: PathBuf,
+    /// Backbone: mobilenetv2 or darknet53.
+    #[arg(long, default_value = "mobilenetv2")]
+    pub backbone: BackboneKind,
+    /// Network input side (multiple of 32), or WxH.
+    #[arg(long, default_value = "416")]
+    pub input_size: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Refuse the file on a bad annotation line instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// Runs `yolo-cli eval`.
+pub fn run(args: EvalArgs) -> anyhow::Result<std::process::ExitCode> {
+    let names = ClassNames::from_file(&args.classes)?;
+    let policy = if args.strict {
+        BadLinePolicy::Refuse
+    } else {
+        BadLinePolicy::Skip
+    };
+    let ann = load_annotations(&args.annotations, names.len(), policy)?;
+    for s in &ann.skipped {
+        eprintln!("warning: skipped {s}");
+    }
+    let device = Device::Cpu;
+    let tensors = candle_core::safetensors::load(&args.weights, &device)?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+    let model = YoloBody::new(&YoloConfig::new(args.backbone, names.len()), vb)?;
+    let input_wh = crate::train::parse_size(&args.input_size)?;
+    let report =
+        yolo_train::trainer::evaluate_model(model, names.names(), input_wh, &ann.samples, &device)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,207 @@
+//! `yolo-cli train`: the reference's `train.py` (see the yolo-train crate).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use yolo_train::augment::AugmentConfig;
+use yolo_train::dataset::{load_annotations, BadLinePolicy};
+use yolo_train::optim::OptimizerKind;
+use yolo_train::{Event, TrainConfig};
+use yolov3_head::{BackboneKind, ClassNames};
+
+/// Arguments of `yolo-cli train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training annotation file (`path x1,y1,x2,y2,cls ...` per line).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Validation annotation file.
+    #[arg(long)]
+    pub val: PathBuf,
+    /// Class names, one per line.
+    #[arg(long)]
+    pub classes: PathBuf,
+    /// Backbone: mobilenetv2 or darknet53.
+    #[arg(long, default_value = "mobilenetv2")]
+    pub backbone: BackboneKind,
+    /// Start from these weights (safetensors, reference names; tensors that do not fit keep
+    /// their initialisation), e.g. a whole model to fine-tune or a converted backbone.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Network input side (multiple of 32), or WxH.
+    #[arg(long, default_value = "416")]
+    pub input_size: String,
+    /// Total epochs.
+    #[arg(long, default_value_t = 300)]
+    pub epochs: usize,
+    /// Epochs with the backbone frozen (0: none).
+    #[arg(long, default_value_t = 50)]
+    pub freeze_epochs: usize,
+    /// Batch size while frozen.
+    #[arg(long, default_value_t = 16)]
+    pub freeze_batch: usize,
+    /// Batch size after the freeze phase.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// sgd or adam.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: OptimizerKind,
+    /// Init_lr (default 1e-2 for SGD, 1e-3 for Adam), scaled by batch / 64.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Use --lr as it is instead of scaling it by batch / 64 and clamping it.
+    #[arg(long)]
+    pub no_lr_fit: bool,
+    /// Weight decay on conv weights (default 5e-4 for SGD, 0 for Adam).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Output folder: last/, best/, log.jsonl, loss.png.
+    #[arg(long, default_value = "runs/train")]
+    pub save_dir: PathBuf,
+    /// Also keep epoch_NNN.safetensors every N epochs (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub save_period: usize,
+    /// mAP@0.5 on the validation set every N epochs and at the end (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub eval_period: usize,
+    /// Seed: the same seed gives the same run.
+    #[arg(long, default_value_t = 11)]
+    pub seed: u64,
+    /// Continue from save-dir/last.
+    #[arg(long)]
+    pub resume: bool,
+    /// No augmentation (plain letterbox for training too).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// At most this many steps per epoch.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Refuse the whole file on a bad annotation line instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// Parses `416` or `640x480` (width x height).
+pub fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (w, h) = match s.split_once(['x', 'X']) {
+        Some((w, h)) => (w.parse()?, h.parse()?),
+        None => {
+            let v: u32 = s.parse()?;
+            (v, v)
+        }
+    };
+    Ok((w, h))
+}
+
+/// Runs `yolo-cli train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
+    let names = ClassNames::from_file(&args.classes)?;
+    let nc = names.len();
+    let policy = if args.strict {
+        BadLinePolicy::Refuse
+    } else {
+        BadLinePolicy::Skip
+    };
+    let tr = load_annotations(&args.train, nc, policy)?;
+    let va = load_annotations(&args.val, nc, policy)?;
+    for s in tr.skipped.iter().chain(&va.skipped) {
+        eprintln!("warning: skipped {s}");
+    }
+    let input_wh = parse_size(&args.input_size).context("--input-size")?;
+    let adam = args.optimizer == OptimizerKind::Adam;
+    let cfg = TrainConfig {
+        backbone: args.backbone,
+        class_names: names.names().to_vec(),
+        input_wh,
+        epochs: args.epochs,
+        freeze_epochs: args.freeze_epochs,
+        freeze_batch: args.freeze_batch,
+        batch: args.batch,
+        optimizer: args.optimizer,
+        init_lr: args.lr.unwrap_or(if adam { 1e-3 } else { 1e-2 }),
+        min_lr_ratio: 0.01,
+        momentum: 0.937,
+        weight_decay: args.weight_decay.unwrap_or(if adam { 0.0 } else { 5e-4 }),
+        save_dir: args.save_dir.clone(),
+        save_period: args.save_period,
+        eval_period: args.eval_period,
+        seed: args.seed,
+        augment: (!args.no_augment).then(AugmentConfig::default),
+        weights: args.weights.clone(),
+        resume: args.resume,
+        max_steps: args.max_steps,
+        fit_lr_to_batch: !args.no_lr_fit,
+    };
+    eprintln!(
+        "training {} ({} classes) at {}x{} on {} images, validating on {}",
+        args.backbone,
+        nc,
+        input_wh.0,
+        input_wh.1,
+        tr.samples.len(),
+        va.samples.len()
+    );
+    let mut bar: Option<ProgressBar> = None;
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+        .expect("template")
+        .progress_chars("=> ");
+    let t0 = std::time::Instant::now();
+    let result = yolo_train::train(
+        &cfg,
+        tr.samples,
+        va.samples,
+        &Device::Cpu,
+        &mut |e| match e {
+            Event::Info(m) => eprintln!("{m}"),
+            Event::EpochStart {
+                epoch,
+                epochs,
+                steps,
+            } => {
+                let b = ProgressBar::new(*steps as u64).with_style(style.clone());
+                b.set_prefix(format!("epoch {epoch}/{epochs}"));
+                bar = Some(b);
+            }
+            Event::Step {
+                means,
+                lr,
+                images_per_s,
+                ..
+            } => {
+                if let Some(b) = &bar {
+                    b.set_message(format!(
+                    "loss {:.4} (loc {:.4} obj {:.4} cls {:.4}) lr {lr:.2e} {images_per_s:.1} img/s",
+                    means[0], means[1], means[2], means[3]
+                ));
+                    b.inc(1);
+                }
+            }
+            Event::EpochEnd(r) => {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                let map = r
+                    .map50
+                    .map(|m| format!(" mAP@0.5 {m:.4}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "epoch {}: loss {:.4} val_loss {:.4}{map} ({:.1} s)",
+                    r.epoch, r.loss, r.val_loss, r.seconds
+                );
+            }
+        },
+    );
+    let hist = result?;
+    eprintln!(
+        "done in {:.1} s: {} epochs; weights {}, log {}, plot {}",
+        t0.elapsed().as_secs_f64(),
+        hist.len(),
+        args.save_dir.join("best/weights.safetensors").display(),
+        args.save_dir.join("log.jsonl").display(),
+        args.save_dir.join("loss.png").display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,82 @@
+//! Errors of the training crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading data, training or evaluating.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// The model or pipeline refused something.
+    #[error(transparent)]
+    Head(#[from] yolov3_head::Error),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        source: std::io::Error,
+    },
+    /// An image could not be decoded or encoded.
+    #[error("{path}: {message}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+    /// A bad line in an annotation file (with `--on-bad-line refuse`).
+    #[error("{path}:{line}: {message}")]
+    Annotation {
+        /// The annotation file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting or an input that cannot be used.
+    #[error("{0}")]
+    Config(String),
+    /// The loss became NaN or infinite.
+    #[error("the loss is not finite ({value}) at epoch {epoch}, step {step}: training stopped; the last good checkpoint is left as it was")]
+    NonFiniteLoss {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 0-based step within the epoch.
+        step: usize,
+        /// The value seen.
+        value: f32,
+    },
+    /// A checkpoint file is inconsistent.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// JSON (de)serialisation failed.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        source: serde_json::Error,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Training and evaluation for yolo-rs: the reference's `YOLOLoss`, data loading and
+//! augmentation, optimisers, learning-rate schedule, checkpoints, the training loop,
+//! VOC/COCO mAP, anchor k-means, VOC annotation and a synthetic detection data set.
+//!
+//! Follows bubbliiiing/yolo3-pytorch (`nets/yolo_training.py`, `utils/dataloader.py`,
+//! `train.py`, `utils/utils_fit.py`, `get_map.py`, `kmeans_for_anchors.py`,
+//! `voc_annotation.py`).
+
+mod error;
+pub mod loss;
+
+pub use error::{Error, Result};
+pub use loss::{LossTerms, TargetBox, YoloLoss};
+pub mod augment;
+pub mod dataset;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod trainer;
+
+pub use trainer::{train, EpochRecord, Event, TrainConfig};
+pub mod synthetic;

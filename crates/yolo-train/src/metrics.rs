@@ -1,0 +1,293 @@
+//! Detection metrics: VOC mAP@0.5 with all-point interpolation as the reference's
+//! `get_map.py` / `utils/utils_map.py` (IoU with the `+1` pixel convention, `>=` the
+//! threshold, a ground truth matched once, later matches false positives), and COCO-style
+//! mAP@[0.5:0.95] (IoU without `+1`, `>=` each of 0.50, 0.55 … 0.95, 101-point
+//! interpolated precision as pycocotools, averaged over classes and thresholds).
+//! Classes without ground truth are left out of the means, as both references do.
+
+use serde::Serialize;
+
+/// A ground-truth box of one image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GtBox {
+    /// Image index.
+    pub image: usize,
+    /// Class id.
+    pub class_id: usize,
+    /// `[x1, y1, x2, y2]` pixels.
+    pub bbox: [f32; 4],
+}
+
+/// A detection of one image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetBox {
+    /// Image index.
+    pub image: usize,
+    /// Class id.
+    pub class_id: usize,
+    /// Score.
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` pixels.
+    pub bbox: [f32; 4],
+}
+
+/// Per-class results.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClassResult {
+    /// Class id.
+    pub class_id: usize,
+    /// Class name.
+    pub name: String,
+    /// Ground-truth boxes.
+    pub num_gt: usize,
+    /// Detections.
+    pub num_det: usize,
+    /// VOC AP at IoU 0.5.
+    pub ap50: f64,
+    /// COCO-style AP averaged over IoU 0.5:0.95.
+    pub ap50_95: f64,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalReport {
+    /// Per class (all classes; those without ground truth have `num_gt == 0`).
+    pub classes: Vec<ClassResult>,
+    /// Mean VOC AP@0.5 over classes with ground truth.
+    pub map50: f64,
+    /// Mean COCO-style AP@[0.5:0.95] over classes with ground truth.
+    pub map50_95: f64,
+}
+
+/// `voc_ap` of utils_map.py: all-point interpolated area under precision/recall.
+pub fn voc_ap(rec: &[f64], prec: &[f64]) -> f64 {
+    let mut mrec = vec![0.0];
+    mrec.extend_from_slice(rec);
+    mrec.push(1.0);
+    let mut mpre = vec![0.0];
+    mpre.extend_from_slice(prec);
+    mpre.push(0.0);
+    for i in (0..mpre.len() - 1).rev() {
+        mpre[i] = mpre[i].max(mpre[i + 1]);
+    }
+    (1..mrec.len())
+        .filter(|&i| mrec[i] != mrec[i - 1])
+        .map(|i| (mrec[i] - mrec[i - 1]) * mpre[i])
+        .sum()
+}
+
+/// pycocotools' 101-point interpolated precision.
+pub fn coco_ap(rec: &[f64], prec: &[f64]) -> f64 {
+    let mut q = prec.to_vec();
+    for i in (0..q.len().saturating_sub(1)).rev() {
+        q[i] = q[i].max(q[i + 1]);
+    }
+    let mut sum = 0.0;
+    for k in 0..101 {
+        let r = k as f64 / 100.0;
+        // first index with recall >= r
+        let idx = rec.partition_point(|&x| x < r);
+        if idx < q.len() {
+            sum += q[idx];
+        }
+    }
+    sum / 101.0
+}
+
+fn iou(a: &[f32; 4], b: &[f32; 4], plus_one: f64) -> f64 {
+    let (a, b) = (a.map(f64::from), b.map(f64::from));
+    let iw = a[2].min(b[2]) - a[0].max(b[0]) + plus_one;
+    let ih = a[3].min(b[3]) - a[1].max(b[1]) + plus_one;
+    if iw <= 0.0 || ih <= 0.0 {
+        return 0.0;
+    }
+    let ua = (a[2] - a[0] + plus_one) * (a[3] - a[1] + plus_one)
+        + (b[2] - b[0] + plus_one) * (b[3] - b[1] + plus_one)
+        - iw * ih;
+    iw * ih / ua
+}
+
+/// Precision/recall of one class at one threshold, detections sorted by score.
+fn pr_curve(dets: &[&DetBox], gts: &[&GtBox], thr: f64, plus_one: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut used = vec![false; gts.len()];
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut rec = Vec::with_capacity(dets.len());
+    let mut prec = Vec::with_capacity(dets.len());
+    for d in dets {
+        let mut best = (-1.0f64, None);
+        for (gi, g) in gts.iter().enumerate() {
+            if g.image != d.image {
+                continue;
+            }
+            let o = iou(&d.bbox, &g.bbox, plus_one);
+            if o > best.0 {
+                best = (o, Some(gi));
+            }
+        }
+        match best {
+            (o, Some(gi)) if o >= thr && !used[gi] => {
+                used[gi] = true;
+                tp += 1;
+            }
+            _ => fp += 1,
+        }
+        rec.push(tp as f64 / gts.len() as f64);
+        prec.push(tp as f64 / (tp + fp) as f64);
+    }
+    (rec, prec)
+}
+
+/// Evaluates `dets` against `gts` for `names.len()` classes.
+pub fn evaluate(dets: &[DetBox], gts: &[GtBox], names: &[String]) -> EvalReport {
+    let mut classes = Vec::new();
+    let (mut s50, mut s5095, mut n) = (0.0, 0.0, 0usize);
+    for (c, name) in names.iter().enumerate() {
+        let g: Vec<&GtBox> = gts.iter().filter(|g| g.class_id == c).collect();
+        let mut d: Vec<&DetBox> = dets.iter().filter(|d| d.class_id == c).collect();
+        // stable sort by decreasing score, as `sorted(..., reverse=True)`
+        d.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let (ap50, ap5095) = if g.is_empty() {
+            (0.0, 0.0)
+        } else {
+            let (r, p) = pr_curve(&d, &g, 0.5, 1.0);
+            let ap50 = voc_ap(&r, &p);
+            let mut acc = 0.0;
+            for k in 0..10 {
+                let (r, p) = pr_curve(&d, &g, 0.5 + 0.05 * k as f64, 0.0);
+                acc += coco_ap(&r, &p);
+            }
+            s50 += ap50;
+            s5095 += acc / 10.0;
+            n += 1;
+            (ap50, acc / 10.0)
+        };
+        classes.push(ClassResult {
+            class_id: c,
+            name: name.clone(),
+            num_gt: g.len(),
+            num_det: d.len(),
+            ap50,
+            ap50_95: ap5095,
+        });
+    }
+    let div = |s: f64| if n == 0 { 0.0 } else { s / n as f64 };
+    EvalReport {
+        classes,
+        map50: div(s50),
+        map50_95: div(s5095),
+    }
+}
+
+impl EvalReport {
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<20} {:>6} {:>6} {:>8} {:>10}\n",
+            "class", "gt", "dets", "AP@0.5", "AP@.5:.95"
+        );
+        for c in &self.classes {
+            s.push_str(&format!(
+                "{:<20} {:>6} {:>6} {:>8.4} {:>10.4}\n",
+                c.name, c.num_gt, c.num_det, c.ap50, c.ap50_95
+            ));
+        }
+        s.push_str(&format!(
+            "{:<20} {:>6} {:>6} {:>8.4} {:>10.4}\n",
+            "mAP", "", "", self.map50, self.map50_95
+        ));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("c{i}")).collect()
+    }
+
+    #[test]
+    fn voc_ap_by_hand() {
+        // TP, FP, TP over 2 gts: rec [.5, .5, 1], prec [1, .5, 2/3]
+        // envelope: [1, 2/3, 2/3] -> 0.5 * 1 + 0.5 * 2/3
+        let ap = voc_ap(&[0.5, 0.5, 1.0], &[1.0, 0.5, 2.0 / 3.0]);
+        assert!((ap - (0.5 + 1.0 / 3.0)).abs() < 1e-12, "{ap}");
+        assert_eq!(voc_ap(&[], &[]), 0.0);
+    }
+
+    #[test]
+    fn evaluation_by_hand() {
+        let gts = vec![
+            GtBox {
+                image: 0,
+                class_id: 0,
+                bbox: [0.0, 0.0, 9.0, 9.0],
+            },
+            GtBox {
+                image: 1,
+                class_id: 0,
+                bbox: [10.0, 10.0, 29.0, 29.0],
+            },
+            GtBox {
+                image: 1,
+                class_id: 1,
+                bbox: [0.0, 0.0, 9.0, 9.0],
+            },
+        ];
+        let dets = vec![
+            // perfect on image 0
+            DetBox {
+                image: 0,
+                class_id: 0,
+                score: 0.9,
+                bbox: [0.0, 0.0, 9.0, 9.0],
+            },
+            // a duplicate of it: false positive
+            DetBox {
+                image: 0,
+                class_id: 0,
+                score: 0.8,
+                bbox: [0.0, 0.0, 9.0, 9.0],
+            },
+            // image 1, IoU (+1) with the 20x20 gt: 20x15 / 400 = 0.75 (>= .5, < .8)
+            DetBox {
+                image: 1,
+                class_id: 0,
+                score: 0.7,
+                bbox: [10.0, 15.0, 29.0, 29.0],
+            },
+            // class 1 missed; a class-2 detection without gt is ignored
+            DetBox {
+                image: 1,
+                class_id: 2,
+                score: 0.9,
+                bbox: [0.0, 0.0, 9.0, 9.0],
+            },
+        ];
+        let r = evaluate(&dets, &gts, &names(3));
+        // class 0: TP, FP, TP -> AP = 0.5 + 0.5 * 2/3
+        assert!(
+            (r.classes[0].ap50 - (0.5 + 1.0 / 3.0)).abs() < 1e-12,
+            "{:?}",
+            r.classes[0]
+        );
+        assert_eq!(r.classes[1].ap50, 0.0);
+        assert_eq!(r.classes[2].num_gt, 0);
+        assert!((r.map50 - (0.5 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
+        // COCO: image-0 match holds at every threshold (IoU 1); image-1 IoU without +1 is
+        // 19x14 / (19x19) = 0.737: a TP at 0.50 .. 0.70 (5 of 10 thresholds).
+        // thresholds with the TP: rec [.5,.5,1], prec [1,.5,2/3] -> envelope [1, 2/3, 2/3]:
+        // recall points 0..=50 -> 1, 51..=100 -> 2/3: (51 + 50 * 2/3) / 101
+        // thresholds without: rec [.5,.5,.5] prec [1,.5,1/3] -> 51 points at 1: 51 / 101
+        let with = (51.0 + 50.0 * 2.0 / 3.0) / 101.0;
+        let without = 51.0 / 101.0;
+        let want = (5.0 * with + 5.0 * without) / 10.0;
+        assert!(
+            (r.classes[0].ap50_95 - want).abs() < 1e-9,
+            "{} vs {want}",
+            r.classes[0].ap50_95
+        );
+        assert!(r.table().contains("mAP"));
+    }
+}
