@@ -2,7 +2,7 @@
 //!
 //! Creates `.venv-golden/` with the pinned `tools/reference/requirements.txt`
 //! (torch from PyPI) unless it exists, then runs the reference scripts, which
-//! write `tests/fixtures/golden/` and `tests/fixtures/pipeline/`.
+//! write `tests/fixtures/golden/`, `tests/fixtures/pipeline/` and `tests/fixtures/loss/`.
 
 use std::path::Path;
 use std::process::Command;
@@ -44,12 +44,20 @@ pub fn golden(root: &Path, args: GoldenArgs) -> Result<()> {
         std::fs::write(venv.join(".installed"), "")?;
     }
     let out = root.join("tests/fixtures");
-    for script in ["make_golden.py", "make_golden_pipeline.py"] {
-        run(Command::new(&python)
-            .arg(root.join("tools/reference").join(script))
-            .arg("--out")
-            .arg(&out)
-            .current_dir(root))?;
+    // (script, takes `--out`): make_golden_loss.py has no arguments and always writes
+    // tests/fixtures/loss/ under the repository root.
+    for (script, takes_out) in [
+        ("make_golden.py", true),
+        ("make_golden_pipeline.py", true),
+        ("make_golden_loss.py", false),
+    ] {
+        let mut cmd = Command::new(&python);
+        cmd.arg(root.join("tools/reference").join(script))
+            .current_dir(root);
+        if takes_out {
+            cmd.arg("--out").arg(&out);
+        }
+        run(&mut cmd)?;
     }
     eprintln!("fixtures written to {}", out.display());
     Ok(())

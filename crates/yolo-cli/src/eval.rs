@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use candle_nn::VarBuilder;
 use clap::Args;
 use yolo_train::dataset::{load_annotations, BadLinePolicy};
@@ -32,6 +32,9 @@ pub struct EvalArgs {
     /// Refuse the file on a bad annotation line instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+    /// Where the network runs (default: the best one built in).
+    #[arg(long, value_enum)]
+    pub device: Option<crate::model::DeviceChoice>,
 }
 
 /// Runs `yolo-cli eval`.
@@ -46,7 +49,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<std::process::ExitCode> {
     for s in &ann.skipped {
         eprintln!("warning: skipped {s}");
     }
-    let device = Device::Cpu;
+    let device = crate::model::select_device(args.device)?;
     let tensors = candle_core::safetensors::load(&args.weights, &device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
     let model = YoloBody::new(&YoloConfig::new(args.backbone, names.len()), vb)?;

@@ -1,15 +1,17 @@
 //! `yolo-cli`: YOLOv3 (MobileNetV2 / Darknet53) on candle from the command line.
 
+mod anchors;
 mod args;
 mod convert;
 mod draw;
+mod eval;
 mod model;
 mod output;
 mod run;
 mod stdout;
 mod summary;
 mod train;
-mod eval;
+mod voc_annotation;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,10 @@ enum Command {
     Train(train::TrainArgs),
     /// VOC mAP@0.5 and COCO-style mAP@[.5:.95] on an annotation file.
     Eval(eval::EvalArgs),
+    /// Anchor boxes by k-means with the IoU distance (the reference's kmeans_for_anchors.py).
+    Anchors(anchors::AnchorsArgs),
+    /// A VOCdevkit folder to annotation files (the reference's voc_annotation.py).
+    VocAnnotation(voc_annotation::VocAnnotationArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +50,8 @@ fn main() -> std::process::ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Anchors(args) => anchors::run(args),
+        Command::VocAnnotation(args) => voc_annotation::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use yolo_train::augment::AugmentConfig;
@@ -11,6 +10,8 @@ use yolo_train::dataset::{load_annotations, BadLinePolicy};
 use yolo_train::optim::OptimizerKind;
 use yolo_train::{Event, TrainConfig};
 use yolov3_head::{BackboneKind, ClassNames};
+
+use crate::model::{select_device, DeviceChoice};
 
 /// Arguments of `yolo-cli train`.
 #[derive(Debug, Args)]
@@ -82,6 +83,10 @@ pub struct TrainArgs {
     /// Refuse the whole file on a bad annotation line instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+    /// Where the network runs (default: the best one built in); the loss's target
+    /// assignment and the data loading stay on the CPU.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceChoice>,
 }
 
 /// Parses `416` or `640x480` (width x height).
@@ -94,6 +99,15 @@ pub fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
         }
     };
     Ok((w, h))
+}
+
+/// `cpu`, `cuda:N` or `metal:N`, for messages.
+pub fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
 }
 
 /// Runs `yolo-cli train`.
@@ -111,6 +125,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
         eprintln!("warning: skipped {s}");
     }
     let input_wh = parse_size(&args.input_size).context("--input-size")?;
+    let device = select_device(args.device)?;
     let adam = args.optimizer == OptimizerKind::Adam;
     let cfg = TrainConfig {
         backbone: args.backbone,
@@ -136,64 +151,59 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
         fit_lr_to_batch: !args.no_lr_fit,
     };
     eprintln!(
-        "training {} ({} classes) at {}x{} on {} images, validating on {}",
+        "training {} ({} classes) at {}x{} on {} images, validating on {}, on {}",
         args.backbone,
         nc,
         input_wh.0,
         input_wh.1,
         tr.samples.len(),
-        va.samples.len()
+        va.samples.len(),
+        device_name(&device)
     );
     let mut bar: Option<ProgressBar> = None;
     let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
         .expect("template")
         .progress_chars("=> ");
     let t0 = std::time::Instant::now();
-    let result = yolo_train::train(
-        &cfg,
-        tr.samples,
-        va.samples,
-        &Device::Cpu,
-        &mut |e| match e {
-            Event::Info(m) => eprintln!("{m}"),
-            Event::EpochStart {
-                epoch,
-                epochs,
-                steps,
-            } => {
-                let b = ProgressBar::new(*steps as u64).with_style(style.clone());
-                b.set_prefix(format!("epoch {epoch}/{epochs}"));
-                bar = Some(b);
-            }
-            Event::Step {
-                means,
-                lr,
-                images_per_s,
-                ..
-            } => {
-                if let Some(b) = &bar {
-                    b.set_message(format!(
+    let result = yolo_train::train(&cfg, tr.samples, va.samples, &device, &mut |e| match e {
+        Event::Info(m) => eprintln!("{m}"),
+        Event::EpochStart {
+            epoch,
+            epochs,
+            steps,
+        } => {
+            let b = ProgressBar::new(*steps as u64).with_style(style.clone());
+            b.set_prefix(format!("epoch {epoch}/{epochs}"));
+            bar = Some(b);
+        }
+        Event::Step {
+            means,
+            lr,
+            images_per_s,
+            ..
+        } => {
+            if let Some(b) = &bar {
+                b.set_message(format!(
                     "loss {:.4} (loc {:.4} obj {:.4} cls {:.4}) lr {lr:.2e} {images_per_s:.1} img/s",
                     means[0], means[1], means[2], means[3]
                 ));
-                    b.inc(1);
-                }
+                b.inc(1);
             }
-            Event::EpochEnd(r) => {
-                if let Some(b) = bar.take() {
-                    b.finish();
-                }
-                let map = r
-                    .map50
-                    .map(|m| format!(" mAP@0.5 {m:.4}"))
-                    .unwrap_or_default();
-                eprintln!(
-                    "epoch {}: loss {:.4} val_loss {:.4}{map} ({:.1} s)",
-                    r.epoch, r.loss, r.val_loss, r.seconds
-                );
+        }
+        Event::EpochEnd(r) => {
+            if let Some(b) = bar.take() {
+                b.finish();
             }
-        },
-    );
+            let map = r
+                .map50
+                .map(|m| format!(" mAP@0.5 {m:.4}"))
+                .unwrap_or_default();
+            eprintln!(
+                "epoch {}: loss {:.4} val_loss {:.4}{map} ({:.1} s)",
+                r.epoch, r.loss, r.val_loss, r.seconds
+            );
+        }
+    });
     let hist = result?;
     eprintln!(
         "done in {:.1} s: {} epochs; weights {}, log {}, plot {}",

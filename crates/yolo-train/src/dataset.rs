@@ -27,6 +27,8 @@ pub struct Sample {
     pub path: PathBuf,
     /// Its boxes (possibly none).
     pub boxes: Vec<AnnBox>,
+    /// `(width, height)` of the image, read from its header.
+    pub image_size: (u32, u32),
     /// Where it came from: `file:line`.
     pub origin: String,
 }
@@ -141,6 +143,7 @@ fn parse_line(line: &str, base: &Path, num_classes: usize) -> std::result::Resul
     Ok(Sample {
         path: p,
         boxes,
+        image_size: (iw, ih),
         origin: String::new(),
     })
 }

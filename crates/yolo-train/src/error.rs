@@ -37,6 +37,14 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A VOC XML annotation file that cannot be used.
+    #[error("{path}: {message}")]
+    Voc {
+        /// The XML file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A setting or an input that cannot be used.
     #[error("{0}")]
     Config(String),

@@ -13,10 +13,12 @@ pub use error::{Error, Result};
 pub use loss::{LossTerms, TargetBox, YoloLoss};
 pub mod augment;
 pub mod dataset;
+pub mod kmeans;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod trainer;
+pub mod voc;
 
 pub use trainer::{train, EpochRecord, Event, TrainConfig};
 pub mod synthetic;

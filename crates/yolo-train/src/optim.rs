@@ -173,14 +173,15 @@ impl Optimizer {
 
     /// Reads a state written by [`Optimizer::save`].
     pub fn load(&mut self, path: &Path, device: &Device) -> Result<()> {
-        let t = candle_core::safetensors::load(path, device)?;
+        // read on the CPU (the f64 step count has no Metal kernel), moments moved to `device`
+        let t = candle_core::safetensors::load(path, &Device::Cpu)?;
         self.buf1.clear();
         self.buf2.clear();
         for (k, v) in t {
             if let Some(n) = k.strip_prefix("m.") {
-                self.buf1.insert(n.to_string(), v);
+                self.buf1.insert(n.to_string(), v.to_device(device)?);
             } else if let Some(n) = k.strip_prefix("v.") {
-                self.buf2.insert(n.to_string(), v);
+                self.buf2.insert(n.to_string(), v.to_device(device)?);
             } else if k == "step" {
                 self.step = v.to_vec1::<f64>()?[0] as u64;
             } else {

@@ -246,7 +246,9 @@ fn save_checkpoint(dir: &Path, varmap: &VarMap, opt: &Optimizer, state: &State) 
 }
 
 /// Builds a YOLOv3 in training mode over a VarMap, initialised as the reference's
-/// `weights_init` (conv weights N(0, 0.02), BatchNorm weights N(1, 0.02), biases 0).
+/// `weights_init` (conv weights N(0, 0.02), BatchNorm weights N(1, 0.02) and biases 0,
+/// conv biases PyTorch's default U(±1/sqrt(fan_in)), running statistics 0 and 1), every
+/// value drawn from a generator seeded with `seed`: the same seed gives the same model.
 pub fn build_train_model(
     cfg: &YoloConfig,
     device: &Device,
@@ -274,6 +276,26 @@ pub fn build_train_model(
             var.set(&normal(0.02, 0.0, &mut rng)?)?;
         } else if n.ends_with(".weight") {
             var.set(&normal(0.02, 1.0, &mut rng)?)?;
+        } else if let Some(w) = n
+            .strip_suffix(".bias")
+            .and_then(|p| data.get(&format!("{p}.weight")))
+            .filter(|w| w.as_tensor().rank() == 4)
+        {
+            // a conv bias keeps PyTorch's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+            // as the reference's weights_init leaves it; drawn here from the seeded generator
+            // (candle's own init draws from an unseeded one, which made runs differ)
+            use rand::Rng;
+            let d = w.as_tensor().dims();
+            let bound = 1.0 / ((d[1] * d[2] * d[3]) as f32).sqrt();
+            let v: Vec<f32> = (0..shape.elem_count())
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
+            var.set(&Tensor::from_vec(v, shape.clone(), device)?)?;
+        } else if n.ends_with(".running_var") {
+            var.set(&Tensor::ones(shape.clone(), DType::F32, device)?)?;
+        } else {
+            // BatchNorm biases and running means
+            var.set(&Tensor::zeros(shape.clone(), DType::F32, device)?)?;
         }
     }
     drop(data);

@@ -1,0 +1,245 @@
+//! End-to-end tests of `yolo-cli anchors`, `voc-annotation`, and `train` / `eval` with
+//! `--device cpu`, on files the tests write into temporary folders.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+fn cli(cwd: &Path) -> Command {
+    let mut c = Command::cargo_bin("yolo-cli").unwrap();
+    c.current_dir(cwd);
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// An annotation file over three 100x100 images with boxes in three size groups, and one
+/// bad line (line 4, an inverted box).
+fn annotations(dir: &Path) -> PathBuf {
+    let mut lines = Vec::new();
+    for i in 0..3 {
+        let img = dir.join(format!("{i}.png"));
+        image::RgbImage::new(100, 100).save(&img).unwrap();
+        let mut l = img.display().to_string();
+        for (k, (w, h)) in [(5, 8), (6, 8), (20, 15), (21, 16), (60, 70), (62, 68)]
+            .iter()
+            .enumerate()
+        {
+            let x = k as i32 * 5;
+            l.push_str(&format!(" {x},{x},{},{},0", x + w + i, x + h));
+        }
+        lines.push(l);
+    }
+    lines.push(format!("{} 30,30,10,40,0", dir.join("0.png").display()));
+    let p = dir.join("train.txt");
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    p
+}
+
+#[test]
+fn anchors_writes_a_file_run_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let ann = annotations(dir.path());
+    let out = |name: &str| {
+        let o = cli(dir.path())
+            .args(["anchors", "--num-anchors", "9", "--seed", "4", "-o", name])
+            .arg(&ann)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        o
+    };
+    let o = out("a/anchors.txt");
+    let stdout = text(&o.stdout);
+    let stderr = text(&o.stderr);
+    assert!(stdout.contains("avg IoU (acc): "), "{stdout}");
+    assert!(
+        stderr.contains("train.txt:4:") && stderr.contains("inverted"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("18 boxes"), "{stderr}");
+    let file = dir.path().join("a/anchors.txt");
+    let anchors = yolov3_head::Anchors::from_file(&file).unwrap();
+    assert_eq!(anchors.len(), 9);
+    let areas: Vec<f32> = anchors.pairs().iter().map(|(w, h)| w * h).collect();
+    assert!(areas.windows(2).all(|w| w[0] <= w[1]), "{areas:?}");
+    // the same seed writes the same file
+    out("b.txt");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(dir.path().join("b.txt")).unwrap()
+    );
+    // --strict refuses the file at the bad line
+    let o = cli(dir.path())
+        .args(["anchors", "--strict"])
+        .arg(&ann)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("train.txt:4:"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+fn voc_xml(objects: &[(&str, u8)]) -> String {
+    let mut s = String::from(
+        "<annotation><size><width>64</width><height>48</height><depth>3</depth></size>",
+    );
+    for (name, diff) in objects {
+        s.push_str(&format!(
+            "<object><name>{name}</name><difficult>{diff}</difficult><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>40.7</xmax><ymax>30</ymax></bndbox></object>"
+        ));
+    }
+    s + "</annotation>"
+}
+
+fn devkit(root: &Path, n: usize) -> PathBuf {
+    let voc = root.join("VOCdevkit/VOC2007");
+    for d in ["Annotations", "JPEGImages", "ImageSets/Main"] {
+        std::fs::create_dir_all(voc.join(d)).unwrap();
+    }
+    for i in 0..n {
+        std::fs::write(
+            voc.join(format!("Annotations/{i:04}.xml")),
+            voc_xml(&[("dog", 0), ("cat", 1), ("unicorn", 0)]),
+        )
+        .unwrap();
+        image::RgbImage::new(64, 48)
+            .save(voc.join(format!("JPEGImages/{i:04}.jpg")))
+            .unwrap();
+    }
+    root.join("VOCdevkit")
+}
+
+#[test]
+fn voc_annotation_writes_train_and_val() {
+    let dir = tempfile::tempdir().unwrap();
+    devkit(dir.path(), 20);
+    std::fs::write(dir.path().join("classes.txt"), "cat\ndog\n").unwrap();
+    let o = cli(dir.path())
+        .args(["voc-annotation", "--classes", "classes.txt", "--seed", "3"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("train 16, val 2, test 2"), "{stderr}");
+    assert!(
+        stderr.contains("class `unicorn` is not in the class list")
+            && stderr.contains("unicorn (18)"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("dog        18"), "{stdout}");
+    let train = std::fs::read_to_string(dir.path().join("2007_train.txt")).unwrap();
+    assert_eq!(train.lines().count(), 16);
+    let first = train.lines().next().unwrap();
+    let (path, boxes) = first.split_once(' ').unwrap();
+    assert!(
+        Path::new(path).is_absolute() && path.ends_with(".jpg"),
+        "{path}"
+    );
+    assert_eq!(boxes, "2,3,40,30,1");
+    // the files train reads: every line parses, the images exist
+    let ann = yolo_train::dataset::load_annotations(
+        &dir.path().join("2007_val.txt"),
+        2,
+        yolo_train::dataset::BadLinePolicy::Refuse,
+    )
+    .unwrap();
+    assert_eq!(ann.samples.len(), 2);
+    // a malformed XML file stops the run and is named
+    std::fs::write(
+        dir.path().join("VOCdevkit/VOC2007/Annotations/0005.xml"),
+        "<annotation><object>",
+    )
+    .unwrap();
+    let o = cli(dir.path())
+        .args([
+            "voc-annotation",
+            "--classes",
+            "classes.txt",
+            "--mode",
+            "annotations",
+        ])
+        .args(["--sets", "train,val,test"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("0005.xml"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn train_and_eval_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    yolo_train::synthetic::generate(
+        &data,
+        &yolo_train::synthetic::SyntheticConfig {
+            train: 2,
+            val: 2,
+            size: 64,
+            max_objects: 1,
+            seed: 1,
+        },
+    )
+    .unwrap();
+    let o = cli(dir.path())
+        .args([
+            "train",
+            "--device",
+            "cpu",
+            "--input-size",
+            "64",
+            "--epochs",
+            "1",
+        ])
+        .args(["--freeze-epochs", "0", "--batch", "2", "--save-dir", "run"])
+        .args(["--train", "data/train.txt", "--val", "data/val.txt"])
+        .args(["--classes", "data/classes.txt", "--eval-period", "0"])
+        .output()
+        .unwrap();
+    let stderr = text(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains(", on cpu"), "{stderr}");
+    let weights = dir.path().join("run/last/weights.safetensors");
+    assert!(weights.is_file());
+    let o = cli(dir.path())
+        .args(["eval", "--device", "cpu", "--input-size", "64", "--json"])
+        .args([
+            "--annotations",
+            "data/val.txt",
+            "--classes",
+            "data/classes.txt",
+        ])
+        .arg("--weights")
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report.get("map50").is_some(), "{report}");
+    // a GPU that is not built in is refused with the flag named
+    if !cfg!(feature = "cuda") {
+        let o = cli(dir.path())
+            .args(["eval", "--device", "cuda", "--input-size", "64"])
+            .args([
+                "--annotations",
+                "data/val.txt",
+                "--classes",
+                "data/classes.txt",
+            ])
+            .arg("--weights")
+            .arg(&weights)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(
+            text(&o.stderr).contains("--device cuda"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+}
