@@ -7,6 +7,8 @@ RSS belongs to it):
         --size 416 --onnx target/bench/yolo_mobilenetv2_20_416.onnx
     python tools/bench/bench_py.py torch --backbone mobilenetv2 --num-classes 20 \
         --size 416 --batch 1 --threads 2 --iters 20 --warmup 3
+    python tools/bench/bench_py.py weights --backbone darknet53 --num-classes 80 \
+        --out target/bench/darknet53_80.safetensors
     python tools/bench/bench_py.py ort --onnx target/bench/yolo_mobilenetv2_20_416.onnx \
         --backbone mobilenetv2 --num-classes 20 --size 416 --batch 1 --threads 2
 
@@ -23,18 +25,19 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
-
-from detweights import det_param  # noqa: E402
-from models import YoloBody  # noqa: E402
 
 ANCHORS_MASK = [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
 
 
 def build(backbone, num_classes):
+    # torch is imported only where needed: the ONNX Runtime run's RSS stays its own.
+    import torch
+    from detweights import det_param
+    from models import YoloBody
+
     model = YoloBody(ANCHORS_MASK, num_classes, backbone)
     sd = {k: torch.from_numpy(det_param(k, tuple(v.shape))) for k, v in model.state_dict().items()}
     model.load_state_dict(sd, strict=True)
@@ -87,7 +90,7 @@ def report(impl, args, times, extra):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["export", "torch", "ort"])
+    p.add_argument("mode", choices=["export", "weights", "torch", "ort"])
     p.add_argument("--backbone", default="mobilenetv2")
     p.add_argument("--num-classes", type=int, default=20)
     p.add_argument("--size", type=int, default=416)
@@ -96,13 +99,23 @@ def main():
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--onnx", default=None)
+    p.add_argument("--out", default=None, help="weights: the .safetensors to write")
     args = p.parse_args()
 
-    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 3, args.size, args.size), dtype=np.float32)
 
-    if args.mode == "export":
+    if args.mode == "weights":
+        from safetensors.torch import save_file
+
+        model = build(args.backbone, args.num_classes)
+        sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        save_file(sd, args.out)
+        print(json.dumps({"weights": args.out, "bytes": os.path.getsize(args.out)}))
+    elif args.mode == "export":
+        import torch
+
         model = build(args.backbone, args.num_classes)
         dummy = torch.from_numpy(x)
         os.makedirs(os.path.dirname(os.path.abspath(args.onnx)), exist_ok=True)
@@ -119,6 +132,9 @@ def main():
             torch.onnx.export(model, (dummy,), args.onnx, **kwargs)
         print(json.dumps({"exported": args.onnx}))
     elif args.mode == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
         model = build(args.backbone, args.num_classes)
         xt = torch.from_numpy(x)
         with torch.inference_mode():

@@ -2,7 +2,11 @@
 //!
 //! - `golden`: regenerate the PyTorch golden fixtures (needs Python; installs torch in a venv).
 //! - `download-weights`: download, verify and convert weights into `model_data/weights/`.
+//! - `bench`: CPU speed against PyTorch eager and ONNX Runtime (installs them in a venv).
+//! - `check-cuda`: `cargo check --workspace --features cuda` with nvcc from PyPI.
 
+mod bench;
+mod check_cuda;
 mod download;
 mod golden;
 
@@ -23,6 +27,10 @@ enum Task {
     Golden(golden::GoldenArgs),
     /// Download, verify and convert weights into model_data/weights/.
     DownloadWeights(download::DownloadArgs),
+    /// CPU speed of yolo-rs against PyTorch eager and ONNX Runtime (tools/bench).
+    Bench(bench::BenchArgs),
+    /// `cargo check --workspace --features cuda` with nvcc installed from PyPI.
+    CheckCuda(check_cuda::CheckCudaArgs),
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -39,5 +47,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Task::Golden(args) => golden::golden(&root, args),
         Task::DownloadWeights(args) => download::run(&root, args),
+        Task::Bench(args) => bench::bench(&root, args),
+        Task::CheckCuda(args) => check_cuda::check_cuda(&root, args),
     }
 }

@@ -30,10 +30,19 @@ fn median_ms(n: usize, mut f: impl FnMut()) -> f64 {
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     let with_candle = std::env::args().any(|a| a == "--candle");
+    // `--only N`: time layer N alone (for profiling).
+    let only: Option<usize> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .and_then(|v| v.parse().ok());
     // (c_in, side, c_out, k, stride)
     let layers = [
         (3, 416, 32, 3, 1),
         (32, 416, 64, 3, 2),
+        (64, 208, 128, 3, 2),
+        (128, 104, 256, 3, 2),
+        (256, 52, 512, 3, 2),
+        (512, 26, 1024, 3, 2),
         (64, 208, 32, 1, 1),
         (32, 208, 64, 3, 1),
         (128, 104, 64, 1, 1),
@@ -48,7 +57,10 @@ fn main() -> candle_core::Result<()> {
         (384, 52, 128, 1, 1),
     ];
     println!("layer                        fast ms  GFLOP/s   candle ms  GFLOP/s");
-    for (cin, side, cout, k, s) in layers {
+    for (i, (cin, side, cout, k, s)) in layers.into_iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
         let x = Tensor::rand(0f32, 1., (1, cin, side, side), &dev)?;
         let w = Tensor::randn(0f32, 0.05, (cout, cin, k, k), &dev)?;
         let b = Tensor::randn(0f32, 1., cout, &dev)?;
@@ -56,7 +68,8 @@ fn main() -> candle_core::Result<()> {
         let act = Activation::LeakyRelu(0.1);
         let o = (side + 2 * p - k) / s + 1;
         let gflop = 2.0 * (cout * cin * k * k * o * o) as f64 / 1e9;
-        let fast = median_ms(9, || {
+        let runs = if only.is_some() { 200 } else { 9 };
+        let fast = median_ms(runs, || {
             conv2d_bias_act(&x, &w, Some(&b), s, p, act).unwrap();
         });
         let name = format!("{cin}x{side}x{side} -> {cout} k{k} s{s}");

@@ -14,7 +14,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ModuleT, VarBuilder};
 
-use crate::conv_fast::{bias_act_owned, conv2d_bias_act};
+use crate::conv_fast::{conv2d_bias_act, depthwise_conv2d_bias_act};
 use crate::depthwise::depthwise_conv2d;
 use crate::summary::{conv_output_hw, Summary};
 
@@ -247,9 +247,14 @@ impl ConvBnAct {
         // (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
         let c = &self.cfg;
         if self.is_depthwise() {
-            let y = depthwise_conv2d(x, self.conv.weight(), c.stride, c.padding())?;
-            // y is this call's own fresh tensor: the bias and activation may overwrite it.
-            bias_act_owned(y, self.conv.bias(), c.activation)
+            depthwise_conv2d_bias_act(
+                x,
+                self.conv.weight(),
+                self.conv.bias(),
+                c.stride,
+                c.padding(),
+                c.activation,
+            )
         } else if c.groups == 1 {
             conv2d_bias_act(
                 x,
@@ -325,9 +330,15 @@ mod tests {
     fn folded_and_kept_batchnorm_agree_at_inference() {
         let x = Tensor::randn(0f32, 1., (2, 6, 9, 7), &Device::Cpu).unwrap();
         for groups in [1, 6] {
-            for act in [Activation::Relu6, Activation::LeakyRelu(0.1), Activation::Identity] {
+            for act in [
+                Activation::Relu6,
+                Activation::LeakyRelu(0.1),
+                Activation::Identity,
+            ] {
                 let folded = block(BnMode::Folded, act, groups).forward(&x).unwrap();
-                let kept = block(BnMode::Train, act, groups).forward_t(&x, false).unwrap();
+                let kept = block(BnMode::Train, act, groups)
+                    .forward_t(&x, false)
+                    .unwrap();
                 assert!(max_diff(&folded, &kept) < 1e-5, "{act:?} groups {groups}");
             }
         }

@@ -12,10 +12,15 @@
 //! - the bias and the activation are applied to each output tile while it is still in
 //!   cache.
 //!
-//! Large images are split into column tiles run in parallel on the rayon pool, each with
-//! a single-threaded GEMM; small images (the 13x13 and 26x26 layers, where the weights
-//! dominate) run one multi-threaded GEMM instead. GEMMs come from the `gemm` crate, the
-//! one candle itself uses.
+//! Large images are split into column tiles run in parallel, each with a single-threaded
+//! GEMM; small images (the 13x13 and 26x26 layers, where the weights dominate) split the
+//! output channels over the threads instead. The threads are candle's own CPU worker
+//! pool (see [`pool_threads`]). GEMMs come from the `gemm` crate, the one candle itself
+//! uses (its AVX2/FMA kernels: its AVX-512 ones need a nightly compiler).
+//!
+//! [`depthwise_conv2d_bias_act`] does the same for 3x3 depthwise convolutions (stride 1
+//! or 2, padding 1): one row kernel that sums the nine taps in registers and applies the
+//! bias and activation in the same pass.
 //!
 //! There is no backward pass: this path serves folded (inference) blocks only. Other
 //! devices and dtypes fall back to candle's `conv2d` plus a broadcast bias and the
@@ -27,11 +32,11 @@
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp3, DType, InplaceOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 use crate::conv_bn::Activation;
 
@@ -39,6 +44,8 @@ use crate::conv_bn::Activation;
 const COL_BUDGET: usize = 256 * 1024;
 /// Floats of output per tile we aim for in the 1x1 path.
 const DST_BUDGET: usize = 256 * 1024;
+/// Floats of im2col buffer per tile in the channel-split path (16 MiB).
+const SPLIT_COL_BUDGET: usize = 4 * 1024 * 1024;
 /// Narrowest column tile: below this the GEMM repacks the weights too often.
 const MIN_TILE: usize = 256;
 /// Tiles are multiples of this many columns.
@@ -81,7 +88,7 @@ impl Epilogue {
             Epilogue::Identity => row.iter_mut().for_each(|v| *v += bias),
             Epilogue::Relu6 => row
                 .iter_mut()
-                .for_each(|v| *v = (*v + bias).max(0.0).min(6.0)),
+                .for_each(|v| *v = (*v + bias).clamp(0.0, 6.0)),
             // max(x, s * x) is the reference's LeakyReLU for 0 <= s <= 1.
             Epilogue::Leaky(s) => row.iter_mut().for_each(|v| {
                 let t = *v + bias;
@@ -139,12 +146,26 @@ impl Geom {
     /// Copies output columns `p0..p0 + nt` of the im2col matrix of one image
     /// `x` (C_in, H, W) into `buf` (C_in * KH * KW, nt), zeros for the padding.
     fn im2col(&self, x: &[f32], p0: usize, nt: usize, buf: &mut [f32]) {
+        self.im2col_channels(x, p0, nt, buf, 0..self.cin);
+    }
+
+    /// Like [`Geom::im2col`] for the input channels `channels` only: `buf` holds their
+    /// rows, (channels.len() * KH * KW, nt).
+    fn im2col_channels(
+        &self,
+        x: &[f32],
+        p0: usize,
+        nt: usize,
+        buf: &mut [f32],
+        channels: std::ops::Range<usize>,
+    ) {
         let (h, w, s, p) = (self.h, self.w, self.stride, self.pad);
-        for ci in 0..self.cin {
+        let c0 = channels.start;
+        for ci in channels {
             let plane = &x[ci * h * w..(ci + 1) * h * w];
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
-                    let r = (ci * self.kh + ky) * self.kw + kx;
+                    let r = ((ci - c0) * self.kh + ky) * self.kw + kx;
                     let dst = &mut buf[r * nt..(r + 1) * nt];
                     let (lo, hi) = self.valid_cols(kx);
                     let (mut j, mut pos) = (0, p0);
@@ -165,10 +186,13 @@ impl Geom {
                                 let first = a * s + kx - p;
                                 if s == 1 {
                                     valid.copy_from_slice(&row[first..first + (b - a)]);
-                                } else {
-                                    for (i, v) in valid.iter_mut().enumerate() {
-                                        *v = row[first + i * s];
+                                } else if let Some((last, head)) = valid.split_last_mut() {
+                                    // Every s-th input: chunks_exact lets this vectorise.
+                                    let src = row[first..].chunks_exact(s);
+                                    for (v, c) in head.iter_mut().zip(src) {
+                                        *v = c[0];
                                     }
+                                    *last = row[first + head.len() * s];
                                 }
                             }
                         }
@@ -181,16 +205,62 @@ impl Geom {
     }
 }
 
-/// A raw output pointer shared by tiles that write disjoint columns.
+/// A raw pointer shared by the workers of one convolution (see the SAFETY notes where
+/// it is dereferenced).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the tiles that share it write disjoint elements (see `run_tile`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+struct SharedPtr<T>(*mut T);
+// SAFETY: the workers that share one write disjoint elements and only read the rest.
+unsafe impl<T> Send for SharedPtr<T> {}
+unsafe impl<T> Sync for SharedPtr<T> {}
+
+impl<T> SharedPtr<T> {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
 
 thread_local! {
     /// The im2col buffer of this thread, reused from call to call.
     static COL_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Threads of candle's CPU worker pool (the calling thread included).
+///
+/// The fast paths run on the same persistent pool as candle's own element-wise ops
+/// (`candle_core::utils::barrier_pool`, sized by `CANDLE_NUM_THREADS` or
+/// `RAYON_NUM_THREADS`) rather than on a second set of rayon threads: with two pools,
+/// each one's spinning idle workers steal the cores the other one is computing on.
+pub fn pool_threads() -> usize {
+    candle_core::utils::barrier_pool().n_workers() + 1
+}
+
+/// Runs `f(i)` for `i in 0..n` on candle's worker pool, or inline with one thread.
+fn parallel_for(threads: usize, n: usize, f: impl Fn(usize) + Sync) {
+    if threads <= 1 || n <= 1 {
+        (0..n).for_each(f);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(n, |r| r.for_each(&f));
+    }
+}
+
+/// Runs `f(i, chunk)` over the `chunk`-long pieces of `data` on candle's worker pool
+/// (like rayon's `par_chunks_mut(chunk).enumerate().for_each(f)`).
+pub(crate) fn for_each_chunk_mut(
+    data: &mut [f32],
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let chunk = chunk.max(1);
+    let (len, pieces) = (data.len(), data.len().div_ceil(chunk));
+    let ptr = SharedPtr(data.as_mut_ptr());
+    parallel_for(pool_threads(), pieces, |i| {
+        let start = i * chunk;
+        // SAFETY: piece i alone owns data[start..start + chunk].
+        let piece =
+            unsafe { std::slice::from_raw_parts_mut(ptr.get().add(start), chunk.min(len - start)) };
+        f(i, piece)
+    });
 }
 
 /// The conv inputs as plain slices.
@@ -203,73 +273,134 @@ struct Operands<'a> {
     bias: &'a [f32],
 }
 
-/// Computes output columns `p0..p0 + nt` of image `img`: GEMM, bias, activation.
-///
-/// # Safety
-/// `out` must point to the (B, C_out, OH * OW) output, and no other thread may touch
-/// the columns `p0..p0 + nt` of image `img` meanwhile.
-unsafe fn run_tile(
-    g: &Geom,
-    ops: &Operands,
-    act: Epilogue,
-    out: OutPtr,
+/// Output columns `p0..p0 + nt` of image `img`.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
     img: usize,
     p0: usize,
     nt: usize,
-    par: Parallelism,
+}
+
+/// The GEMM's right-hand side of a tile: (C_in * KH * KW, nt) with row stride `rs`.
+#[derive(Clone, Copy)]
+struct Rhs {
+    ptr: SharedPtr<f32>,
+    rs: usize,
+}
+
+/// Output channels `rows` of one tile: `dst = W[rows] * rhs`, then bias and activation.
+///
+/// # Safety
+/// `out` must point to the (B, C_out, OH * OW) output and `rhs` to the tile's
+/// right-hand side; no other thread may touch these rows of the tile meanwhile.
+unsafe fn gemm_rows(
+    g: &Geom,
+    ops: &Operands,
+    act: Epilogue,
+    out: SharedPtr<f32>,
+    tile: Tile,
+    rows: std::ops::Range<usize>,
+    rhs: Rhs,
 ) {
-    let (n, k, m) = (g.positions(), g.depth(), g.cout);
-    let x = &ops.x[img * g.cin * g.h * g.w..(img + 1) * g.cin * g.h * g.w];
-    // dst (C_out x nt) inside the image's (C_out x OH*OW) output; row stride OH*OW.
-    let dst = out.0.add(img * m * n + p0);
-    let gemm_on = |rhs: *const f32, rhs_rs: usize| {
-        // dst = W (m x k) * rhs (k x nt); alpha = 0 ignores dst's previous contents.
-        gemm::gemm(
-            m,
-            nt,
-            k,
-            dst,
-            1,
-            n as isize,
-            false,
-            ops.w.as_ptr(),
-            1,
-            k as isize,
-            rhs,
-            1,
-            rhs_rs as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
-    };
-    if g.pointwise() {
-        // rhs = X (C_in x HW) columns p0..p0 + nt, read in place.
-        gemm_on(x.as_ptr().add(p0), n);
-    } else {
-        COL_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < k * nt {
-                buf.resize(k * nt, 0.0);
-            }
-            g.im2col(x, p0, nt, &mut buf[..k * nt]);
-            gemm_on(buf.as_ptr(), nt);
-        });
-    }
-    for co in 0..m {
-        // SAFETY: row `co` of this tile, inside the output and owned by this tile.
-        let row = std::slice::from_raw_parts_mut(dst.add(co * n), nt);
+    let (n, k) = (g.positions(), g.depth());
+    // dst (rows x nt) inside the image's (C_out x OH*OW) output; row stride OH*OW.
+    let dst = out.0.add(tile.img * g.cout * n + rows.start * n + tile.p0);
+    // dst = W[rows] (m x k) * rhs (k x nt); alpha = 0: dst's old contents are ignored.
+    gemm::gemm(
+        rows.len(),
+        tile.nt,
+        k,
+        dst,
+        1,
+        n as isize,
+        false,
+        ops.w.as_ptr().add(rows.start * k),
+        1,
+        k as isize,
+        rhs.ptr.0,
+        1,
+        rhs.rs as isize,
+        0.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+    for (i, co) in rows.enumerate() {
+        // SAFETY: row `co` of this tile, inside the output and owned by this call.
+        let row = std::slice::from_raw_parts_mut(dst.add(i * n), tile.nt);
         act.apply(row, ops.bias[co]);
     }
 }
 
-/// Fills `out` (B, C_out, OH, OW) with `act(conv(x, w) + bias)`.
-fn conv_into(g: &Geom, ops: &Operands, act: Epilogue, out: &mut [f32]) {
+/// Runs `f` with the tile's GEMM right-hand side: the input itself for a pointwise
+/// convolution, else the tile's im2col matrix in this thread's buffer.
+fn with_rhs<R>(g: &Geom, ops: &Operands, tile: Tile, f: impl FnOnce(Rhs) -> R) -> R {
+    let image = g.cin * g.h * g.w;
+    let x = &ops.x[tile.img * image..(tile.img + 1) * image];
+    if g.pointwise() {
+        // X (C_in x HW), columns p0..p0 + nt, read in place.
+        let ptr = SharedPtr(x[tile.p0..].as_ptr() as *mut f32);
+        f(Rhs {
+            ptr,
+            rs: g.positions(),
+        })
+    } else {
+        COL_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let len = g.depth() * tile.nt;
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            g.im2col(x, tile.p0, tile.nt, &mut buf[..len]);
+            let ptr = SharedPtr(buf.as_mut_ptr());
+            f(Rhs { ptr, rs: tile.nt })
+        })
+    }
+}
+
+/// Like [`with_rhs`], but the im2col copy itself is split over the pool's threads (for
+/// the large tiles of the channel-split path).
+fn with_rhs_parallel<R>(g: &Geom, ops: &Operands, tile: Tile, f: impl FnOnce(Rhs) -> R) -> R {
+    if g.pointwise() {
+        return with_rhs(g, ops, tile, f);
+    }
+    let image = g.cin * g.h * g.w;
+    let x = &ops.x[tile.img * image..(tile.img + 1) * image];
+    COL_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let len = g.depth() * tile.nt;
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        // Blocks of input channels: (channels * KH * KW, nt) rows each.
+        let per = g.cin.div_ceil(4 * pool_threads()).max(1);
+        let rows = per * g.kh * g.kw * tile.nt;
+        for_each_chunk_mut(&mut buf[..len], rows, |i, piece| {
+            let c0 = i * per;
+            g.im2col_channels(x, tile.p0, tile.nt, piece, c0..(c0 + per).min(g.cin));
+        });
+        let ptr = SharedPtr(buf.as_mut_ptr());
+        f(Rhs { ptr, rs: tile.nt })
+    })
+}
+
+/// Fills `out` (B, C_out, OH, OW) with `act(conv(x, w) + bias)` on `threads` threads.
+fn conv_into(
+    g: &Geom,
+    ops: &Operands,
+    act: Epilogue,
+    out: &mut [MaybeUninit<f32>],
+    threads: usize,
+) {
+    // Every element of `out` is written: the tiles cover all the columns of every image
+    // and each tile all the output channels (GEMM with alpha = 0 never reads dst).
     assert_eq!(out.len(), g.b * g.cout * g.positions());
-    let threads = rayon::current_num_threads().max(1);
+    assert_eq!(ops.x.len(), g.b * g.cin * g.h * g.w);
+    assert_eq!(ops.w.len(), g.cout * g.depth());
+    assert_eq!(ops.bias.len(), g.cout);
+    let threads = threads.max(1);
     let n = g.positions();
     // Tile width: keep the im2col buffer (or the output tile) near COL_BUDGET floats,
     // but never narrower than MIN_TILE columns.
@@ -281,7 +412,7 @@ fn conv_into(g: &Geom, ops: &Operands, act: Epilogue, out: &mut [f32]) {
     let mut tiles_per_img = n.div_ceil(budget.max(MIN_TILE)).max(1);
     // Balance the tiles over the threads.
     let total = g.b * tiles_per_img;
-    if threads > 1 && total % threads != 0 && total < 8 * threads {
+    if threads > 1 && !total.is_multiple_of(threads) && total < 8 * threads {
         tiles_per_img = (total.div_ceil(threads) * threads).div_ceil(g.b);
     }
     let nt = n
@@ -290,22 +421,49 @@ fn conv_into(g: &Geom, ops: &Operands, act: Epilogue, out: &mut [f32]) {
         .min(n);
     let tiles_per_img = n.div_ceil(nt);
     let total = g.b * tiles_per_img;
-    let ptr = OutPtr(out.as_mut_ptr());
-    let tile = |t: usize, par: Parallelism| {
+    let out = SharedPtr(out.as_mut_ptr().cast::<f32>());
+    let tile = |t: usize| {
         let (img, i) = (t / tiles_per_img, t % tiles_per_img);
         let p0 = i * nt;
-        // SAFETY: tile t owns columns p0..p0 + len of image img.
-        unsafe { run_tile(g, ops, act, ptr, img, p0, nt.min(n - p0), par) }
+        Tile {
+            img,
+            p0,
+            nt: nt.min(n - p0),
+        }
     };
-    if threads == 1 {
-        (0..total).for_each(|t| tile(t, Parallelism::None));
-    } else if total >= threads && nt >= MIN_TILE.min(n) {
-        (0..total)
-            .into_par_iter()
-            .for_each(|t| tile(t, Parallelism::None));
+    if threads == 1 || (total >= threads && nt >= MIN_TILE.min(n)) {
+        // Many wide tiles: one per task, each with a single-threaded GEMM.
+        parallel_for(threads, total, |t| {
+            let tile = tile(t);
+            with_rhs(g, ops, tile, |rhs| {
+                // SAFETY: task t alone owns the columns of tile t.
+                unsafe { gemm_rows(g, ops, act, out, tile, 0..g.cout, rhs) }
+            })
+        });
     } else {
-        // Few narrow tiles (small images, big weights): one threaded GEMM each.
-        (0..total).for_each(|t| tile(t, Parallelism::Rayon(threads)));
+        // Few narrow tiles (small images, big weights): split the output channels of
+        // each tile over the threads, so that each packs only its share of W.
+        // Whole images as tiles where the im2col matrix stays under SPLIT_COL_BUDGET.
+        let nt = n.min((SPLIT_COL_BUDGET / g.depth().max(1)).max(MIN_TILE));
+        let tiles_per_img = n.div_ceil(nt);
+        let chunk = g.cout.div_ceil(threads).next_multiple_of(TILE_ALIGN);
+        let chunks = g.cout.div_ceil(chunk);
+        for t in 0..g.b * tiles_per_img {
+            let (img, i) = (t / tiles_per_img, t % tiles_per_img);
+            let p0 = i * nt;
+            let tile = Tile {
+                img,
+                p0,
+                nt: nt.min(n - p0),
+            };
+            with_rhs_parallel(g, ops, tile, |rhs| {
+                parallel_for(threads, chunks, |c| {
+                    let rows = c * chunk..((c + 1) * chunk).min(g.cout);
+                    // SAFETY: chunk c alone owns these rows; rhs is only read.
+                    unsafe { gemm_rows(g, ops, act, out, tile, rows, rhs) }
+                })
+            });
+        }
     }
 }
 
@@ -359,12 +517,19 @@ impl CustomOp3 for DenseConv {
             w: contiguous_f32(s2, l2, "weight")?,
             bias: contiguous_f32(s3, l3, "bias")?,
         };
-        let mut out = vec![0f32; b * cout * g.positions()];
-        conv_into(&g, &ops, self.act, &mut out);
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((b, cout, g.oh, g.ow)),
-        ))
+        // (B, C_out, OH, OW), left uninitialised: conv_into writes every element.
+        let len = b * cout * g.positions();
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        conv_into(
+            &g,
+            &ops,
+            self.act,
+            &mut out.spare_capacity_mut()[..len],
+            pool_threads(),
+        );
+        // SAFETY: conv_into initialised all `len` elements.
+        unsafe { out.set_len(len) };
+        Ok((CpuStorage::F32(out), Shape::from((b, cout, g.oh, g.ow))))
     }
 }
 
@@ -418,6 +583,176 @@ pub fn conv2d_bias_act(
     }
 }
 
+/// Output row `orow` (OW) of a 3x3 depthwise convolution with padding 1 and stride
+/// `s` (1 or 2) from the input rows `rows[ky]` (W each; `None` above or below the
+/// image), `bias` and the activation applied. `scratch` holds 2 * (W / 2 + 1) floats
+/// for the stride-2 deinterleave.
+fn depthwise3x3_row(
+    rows: [Option<&[f32]>; 3],
+    wk: &[f32; 9],
+    bias: f32,
+    s: usize,
+    act: Epilogue,
+    orow: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let ow = orow.len();
+    orow.fill(bias);
+    // Border outputs (any tap may fall outside): the general formula with checks.
+    let tap = |r: &[f32], ix: isize| {
+        if ix >= 0 && (ix as usize) < r.len() {
+            r[ix as usize]
+        } else {
+            0.0
+        }
+    };
+    let edge = |ox: usize, o: &mut f32| {
+        for (ky, r) in rows.iter().enumerate() {
+            if let Some(r) = r {
+                for kx in 0..3 {
+                    *o += wk[ky * 3 + kx] * tap(r, (ox * s + kx) as isize - 1);
+                }
+            }
+        }
+    };
+    let w = rows.iter().flatten().next().map_or(0, |r| r.len());
+    // Interior: 1 <= ox and ox * s + 1 < w.
+    let hi = if w >= 2 { ((w - 2) / s + 1).min(ow) } else { 0 };
+    let lo = 1.min(hi);
+    for ox in (0..lo).chain(hi.max(lo)..ow) {
+        edge(ox, &mut orow[ox]);
+    }
+    if hi > lo {
+        let n = hi - lo;
+        let o = &mut orow[lo..hi];
+        for (ky, r) in rows.iter().enumerate() {
+            let Some(r) = r else { continue };
+            let (w0, w1, w2) = (wk[ky * 3], wk[ky * 3 + 1], wk[ky * 3 + 2]);
+            if s == 1 {
+                // in[ox - 1], in[ox], in[ox + 1] for ox in lo..hi.
+                let (a, b, c) = (
+                    &r[lo - 1..lo - 1 + n],
+                    &r[lo..lo + n],
+                    &r[lo + 1..lo + 1 + n],
+                );
+                for i in 0..n {
+                    o[i] += w0 * a[i] + w1 * b[i] + w2 * c[i];
+                }
+            } else {
+                // in[2ox - 1] = odd[ox - 1], in[2ox] = even[ox], in[2ox + 1] = odd[ox].
+                let (even, odd) = scratch.split_at_mut(scratch.len() / 2);
+                let pairs = r.chunks_exact(2);
+                for ((e, d), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                    *e = p[0];
+                    *d = p[1];
+                }
+                let (a, b, c) = (
+                    &odd[lo - 1..lo - 1 + n],
+                    &even[lo..lo + n],
+                    &odd[lo..lo + n],
+                );
+                for i in 0..n {
+                    o[i] += w0 * a[i] + w1 * b[i] + w2 * c[i];
+                }
+            }
+        }
+    }
+    act.apply(orow, 0.0);
+}
+
+/// `act(depthwise_conv2d(x, weight) + bias)` for inference: `x` (B, C, H, W), `weight`
+/// (C, 1, K, K), `bias` (C,).
+///
+/// 3x3 kernels with padding 1 and stride 1 or 2 (all of MobileNetV2's) run a fused
+/// row kernel on the CPU with `f32` (the nine taps summed in registers, bias and
+/// activation in the same pass); anything else runs [`crate::depthwise_conv2d`] and
+/// then the bias and activation.
+pub fn depthwise_conv2d_bias_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    activation: Activation,
+) -> Result<Tensor> {
+    let (_, c, h, w) = x.dims4()?;
+    let fused = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && weight.dims() == [c, 1, 3, 3]
+        && padding == 1
+        && (stride == 1 || stride == 2)
+        && h > 0
+        && w > 0
+        && fast_conv_enabled();
+    if !fused {
+        let y = crate::depthwise_conv2d(x, weight, stride, padding)?;
+        return bias_act_owned(y, bias, activation);
+    }
+    let bias = match bias {
+        Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.contiguous()?,
+        None => Tensor::zeros(c, DType::F32, x.device())?,
+    };
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &bias,
+        &Depthwise3x3 {
+            stride,
+            act: activation.into(),
+        },
+    )
+}
+
+/// The fused depthwise op: `(x, weight, bias) -> act(dwconv3x3(x, weight) + bias)`.
+struct Depthwise3x3 {
+    stride: usize,
+    act: Epilogue,
+}
+
+impl CustomOp3 for Depthwise3x3 {
+    fn name(&self) -> &'static str {
+        "depthwise3x3-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let x = contiguous_f32(s1, l1, "input")?;
+        let weight = contiguous_f32(s2, l2, "weight")?;
+        let bias = contiguous_f32(s3, l3, "bias")?;
+        let s = self.stride;
+        // (B, C, OH, OW) with padding 1: OH = (H + 2 - 3) / s + 1.
+        let (oh, ow) = ((h - 1) / s + 1, (w - 1) / s + 1);
+        let mut out = vec![0f32; b * c * oh * ow];
+        let act = self.act;
+        for_each_chunk_mut(&mut out, oh * ow, |plane, out| {
+            let ch = plane % c;
+            let x = &x[plane * h * w..(plane + 1) * h * w];
+            let mut wk = [0f32; 9];
+            wk.copy_from_slice(&weight[ch * 9..ch * 9 + 9]);
+            let mut scratch = vec![0f32; if s == 2 { 2 * (w / 2 + 1) } else { 0 }];
+            for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
+                let row = |ky: usize| {
+                    (oy * s + ky)
+                        .checked_sub(1)
+                        .filter(|&iy| iy < h)
+                        .map(|iy| &x[iy * w..(iy + 1) * w])
+                };
+                let rows = [row(0), row(1), row(2)];
+                depthwise3x3_row(rows, &wk, bias[ch], s, act, orow, &mut scratch);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
+    }
+}
+
 /// The in-place `y = act(y + bias[c])` over (B, C, H, W).
 struct BiasActInPlace(Epilogue);
 
@@ -442,10 +777,9 @@ impl InplaceOp2 for BiasActInPlace {
             candle_core::bail!("bias-act: f32 only")
         };
         let act = self.0;
-        data[start..end]
-            .par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(plane, row)| act.apply(row, bias[plane % c]));
+        for_each_chunk_mut(&mut data[start..end], h * w, |plane, row| {
+            act.apply(row, bias[plane % c])
+        });
         Ok(())
     }
 }
@@ -526,7 +860,8 @@ mod tests {
     }
 
     /// (batch, c_in, h, w, c_out, k, stride, padding)
-    const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+    type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+    const CASES: &[Case] = &[
         (1, 3, 17, 13, 5, 3, 1, 1),
         (2, 7, 19, 23, 9, 3, 2, 1),
         (3, 16, 9, 11, 33, 1, 1, 0),
@@ -536,6 +871,9 @@ mod tests {
         (1, 32, 52, 52, 64, 3, 1, 1),
         (2, 64, 40, 40, 17, 1, 1, 0),
         (1, 8, 5, 5, 8, 3, 2, 1),
+        // Narrow tiles: the output channels are split over the threads instead.
+        (1, 256, 26, 26, 40, 3, 1, 1),
+        (2, 100, 13, 13, 70, 3, 1, 1),
     ];
 
     #[test]
@@ -553,7 +891,10 @@ mod tests {
                 let got = conv2d_bias_act(&x, &wt, Some(&bias), s, p, act).unwrap();
                 let want = reference(&x, &wt, &bias, s, p, act);
                 let d = max_rel_diff(&got, &want);
-                assert!(d < 1e-5, "{b}x{cin}x{h}x{w} -> {cout} k{k} s{s} p{p} {act:?}: {d}");
+                assert!(
+                    d < 1e-5,
+                    "{b}x{cin}x{h}x{w} -> {cout} k{k} s{s} p{p} {act:?}: {d}"
+                );
             }
         }
     }
@@ -586,14 +927,82 @@ mod tests {
         let want = reference(&x, &wt, &bias, 1, 1, act);
         let got = conv2d_bias_act(&x, &wt, Some(&bias), 1, 1, act).unwrap();
         assert!(max_rel_diff(&got, &want) < 1e-5);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
+        // The same convolution on one thread and on three.
+        let (b, cin, h, w) = x.dims4().unwrap();
+        let g = Geom {
+            b,
+            cin,
+            h,
+            w,
+            cout: 24,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+            oh: h,
+            ow: w,
+        };
+        let (xv, wv, bv) = (
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            wt.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            bias.to_vec1::<f32>().unwrap(),
+        );
+        let ops = Operands {
+            x: &xv,
+            w: &wv,
+            bias: &bv,
+        };
+        for threads in [1, 3] {
+            // NaN everywhere first: an element left unwritten would show.
+            let mut out = vec![MaybeUninit::new(f32::NAN); 24 * h * w];
+            conv_into(&g, &ops, act.into(), &mut out, threads);
+            let out: Vec<f32> = out
+                .into_iter()
+                .map(|v| unsafe { v.assume_init() })
+                .collect();
+            let got = Tensor::from_vec(out, (1, 24, h, w), &dev).unwrap();
+            assert!(max_rel_diff(&got, &want) < 1e-5, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn depthwise_3x3_matches_candle() {
+        let dev = Device::Cpu;
+        // (batch, channels, h, w, stride)
+        for (b, c, h, w, s) in [
+            (1, 3, 7, 9, 1),
+            (2, 5, 8, 8, 2),
+            (1, 4, 9, 11, 2),
+            (1, 2, 1, 1, 1),
+            (1, 2, 2, 3, 2),
+            (1, 2, 1, 5, 2),
+            (3, 6, 26, 26, 1),
+            (1, 8, 52, 52, 2),
+        ] {
+            let x = Tensor::randn(0f32, 1., (b, c, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.5, (c, 1, 3, 3), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1., c, &dev).unwrap();
+            for act in [
+                Activation::Identity,
+                Activation::Relu6,
+                Activation::LeakyRelu(0.1),
+            ] {
+                let got = depthwise_conv2d_bias_act(&x, &wt, Some(&bias), s, 1, act).unwrap();
+                let y = x.conv2d(&wt, 1, s, 1, c).unwrap();
+                let want = bias_act(&y, Some(&bias), act).unwrap();
+                let d = max_rel_diff(&got, &want);
+                assert!(d < 1e-5, "{b}x{c}x{h}x{w} s{s} {act:?}: {d}");
+            }
+        }
+        // Non-contiguous input.
+        let x = Tensor::randn(0f32, 1., (1, 9, 4, 10), &dev)
+            .unwrap()
+            .transpose(1, 2)
             .unwrap();
-        let got1 = pool
-            .install(|| conv2d_bias_act(&x, &wt, Some(&bias), 1, 1, act))
-            .unwrap();
-        assert!(max_rel_diff(&got1, &want) < 1e-5);
+        let wt = Tensor::randn(0f32, 0.5, (4, 1, 3, 3), &dev).unwrap();
+        let got = depthwise_conv2d_bias_act(&x, &wt, None, 2, 1, Activation::Identity).unwrap();
+        let want = x.conv2d(&wt, 1, 2, 1, 4).unwrap();
+        assert!(max_rel_diff(&got, &want) < 1e-5);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! candle 0.11 runs a grouped convolution as one small convolution per group, which
 //! for MobileNetV2's depthwise layers costs tens of milliseconds each. This op runs
 //! them as a row-wise kernel on the CPU (vectorisable inner loop over output columns,
-//! rayon over the `B x C` planes), with a backward pass for training. Other devices
-//! and dtypes fall back to candle's grouped convolution.
+//! candle's worker pool over the `B x C` planes; rayon in the backward pass), with a
+//! backward pass for training. Other devices and dtypes fall back to candle's grouped
+//! convolution.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -72,40 +73,39 @@ impl CustomOp2 for Forward {
         let weight = contiguous_f32(s2, l2, "weight")?;
         let (oh, ow) = (g.out_len(h, k), g.out_len(w, k));
         let mut out = vec![0f32; b * c * oh * ow];
-        out.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each(|(plane, out)| {
-                let ch = plane % c;
-                let x = &x[plane * h * w..(plane + 1) * h * w];
-                let wk = &weight[ch * k * k..(ch + 1) * k * k];
-                for oy in 0..oh {
-                    let orow = &mut out[oy * ow..(oy + 1) * ow];
-                    for ky in 0..k {
-                        let Some(iy) = g.input_row(oy, ky, h) else {
+        // On candle's worker pool, like the other inference kernels (see conv_fast).
+        crate::conv_fast::for_each_chunk_mut(&mut out, oh * ow, |plane, out| {
+            let ch = plane % c;
+            let x = &x[plane * h * w..(plane + 1) * h * w];
+            let wk = &weight[ch * k * k..(ch + 1) * k * k];
+            for oy in 0..oh {
+                let orow = &mut out[oy * ow..(oy + 1) * ow];
+                for ky in 0..k {
+                    let Some(iy) = g.input_row(oy, ky, h) else {
+                        continue;
+                    };
+                    let irow = &x[iy * w..(iy + 1) * w];
+                    for kx in 0..k {
+                        let wv = wk[ky * k + kx];
+                        let (lo, hi) = g.valid_cols(kx, w, ow);
+                        if lo >= hi {
                             continue;
-                        };
-                        let irow = &x[iy * w..(iy + 1) * w];
-                        for kx in 0..k {
-                            let wv = wk[ky * k + kx];
-                            let (lo, hi) = g.valid_cols(kx, w, ow);
-                            if lo >= hi {
-                                continue;
+                        }
+                        let start = lo * g.stride + kx - g.padding;
+                        if g.stride == 1 {
+                            let src = &irow[start..start + (hi - lo)];
+                            for (o, i) in orow[lo..hi].iter_mut().zip(src) {
+                                *o += wv * i;
                             }
-                            let start = lo * g.stride + kx - g.padding;
-                            if g.stride == 1 {
-                                let src = &irow[start..start + (hi - lo)];
-                                for (o, i) in orow[lo..hi].iter_mut().zip(src) {
-                                    *o += wv * i;
-                                }
-                            } else {
-                                for (j, o) in orow[lo..hi].iter_mut().enumerate() {
-                                    *o += wv * irow[start + j * g.stride];
-                                }
+                        } else {
+                            for (j, o) in orow[lo..hi].iter_mut().enumerate() {
+                                *o += wv * irow[start + j * g.stride];
                             }
                         }
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
     }
 

@@ -1,0 +1,410 @@
+//! `cargo xtask bench`: CPU speed of yolo-rs against PyTorch eager and ONNX Runtime.
+//!
+//! 1. builds `yolov3-head`'s `bench_speed` example in release;
+//! 2. installs the Python peers (`.venv-golden/` with `tools/reference/requirements.txt`
+//!    and `tools/bench/requirements.txt`), exports each model to ONNX once
+//!    (`target/bench/`);
+//! 3. for each model (YoloBody-mobilenetv2-20 and YoloBody-darknet53-80 at 416) and each
+//!    batch size, runs ours, PyTorch eager and ONNX Runtime one after the other, each in
+//!    its own process (so that the peak RSS is its own) with the same thread count;
+//! 4. times `yolo-cli run` end to end on copies of `model_data/dog.jpg` with synthetic
+//!    darknet53 weights written as safetensors, split into load / preprocess /
+//!    inference / postprocess as the CLI reports it;
+//! 5. prints one table with the ratios ours / theirs and writes every raw record to
+//!    `target/bench/results.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Timed iterations per configuration (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Untimed warm-up iterations.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Threads for every implementation (RAYON_NUM_THREADS, torch.set_num_threads,
+    /// ORT intra-op threads).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batches: Vec<usize>,
+    /// Models: mobilenetv2 (20 classes) and/or darknet53 (80 classes).
+    #[arg(long, value_delimiter = ',', default_value = "mobilenetv2,darknet53")]
+    models: Vec<String>,
+    /// Input side.
+    #[arg(long, default_value_t = 416)]
+    size: usize,
+    /// Only our implementation (no Python peers).
+    #[arg(long)]
+    no_python: bool,
+    /// Also time ours with the fast convolution off (candle's conv2d), batch 1 only.
+    #[arg(long)]
+    candle_baseline: bool,
+    /// Skip the end-to-end `yolo-cli run` timing.
+    #[arg(long)]
+    no_cli: bool,
+    /// Images for the `yolo-cli run` timing.
+    #[arg(long, default_value_t = 20)]
+    cli_images: usize,
+    /// Python interpreter used to create the virtual environment.
+    #[arg(long, default_value = "python3")]
+    python: String,
+}
+
+/// One model of the table.
+struct Model {
+    backbone: &'static str,
+    num_classes: usize,
+    label: &'static str,
+}
+
+fn model(name: &str) -> Result<Model> {
+    match name {
+        "mobilenetv2" => Ok(Model {
+            backbone: "mobilenetv2",
+            num_classes: 20,
+            label: "YoloBody-mobilenetv2-20",
+        }),
+        "darknet53" => Ok(Model {
+            backbone: "darknet53",
+            num_classes: 80,
+            label: "YoloBody-darknet53-80",
+        }),
+        other => bail!("unknown model {other} (mobilenetv2, darknet53)"),
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Runs `cmd` with its stdout sent to our stderr (stdout carries only the table).
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd
+        .stdout(std::io::stderr())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and parses the last stdout line that is a JSON object.
+fn run_json(cmd: &mut Command) -> Result<Value> {
+    eprintln!("$ {cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("no JSON in the output of {cmd:?}:\n{stdout}"))?;
+    let v: Value = serde_json::from_str(line).with_context(|| format!("parsing {line}"))?;
+    eprintln!("  {line}");
+    Ok(v)
+}
+
+/// Creates or reuses `.venv-golden/` and installs torch and the ORT peers into it.
+fn python_env(root: &Path, python: &str) -> Result<PathBuf> {
+    let venv = root.join(".venv-golden");
+    let py = venv.join("bin").join("python");
+    if !py.exists() {
+        run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
+    }
+    if !venv.join(".installed").exists() {
+        run(Command::new(&py)
+            .args(["-m", "pip", "install", "-r"])
+            .arg(root.join("tools/reference/requirements.txt")))?;
+        std::fs::write(venv.join(".installed"), "")?;
+    }
+    if !venv.join(".installed-bench").exists() {
+        run(Command::new(&py)
+            .args(["-m", "pip", "install", "-r"])
+            .arg(root.join("tools/bench/requirements.txt")))?;
+        std::fs::write(venv.join(".installed-bench"), "")?;
+    }
+    Ok(py)
+}
+
+fn f(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+/// `a / b` formatted as a ratio, or `-`.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn cell(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The machine in a few words: CPU model, cores, load averages.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, load average {load}")
+}
+
+/// Parses `mean per image: load X ms, preprocess Y ms, inference Z ms, postprocess W ms`.
+fn cli_split(stderr: &str) -> Option<[f64; 4]> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("mean per image"))?;
+    let mut out = [0.0; 4];
+    for (i, key) in ["load ", "preprocess ", "inference ", "postprocess "]
+        .iter()
+        .enumerate()
+    {
+        let rest = &line[line.find(key)? + key.len()..];
+        out[i] = rest.split_whitespace().next()?.parse().ok()?;
+    }
+    Some(out)
+}
+
+/// Times `yolo-cli run` on `n` copies of `model_data/dog.jpg` with synthetic darknet53
+/// weights; returns a printable report.
+fn bench_cli(root: &Path, py: &Path, args: &BenchArgs, dir: &Path) -> Result<String> {
+    run(cargo()
+        .args(["build", "--release", "-p", "yolo-cli"])
+        .current_dir(root))?;
+    let weights = dir.join("darknet53_80.safetensors");
+    if !weights.exists() {
+        run_json(
+            Command::new(py)
+                .arg(root.join("tools/bench/bench_py.py"))
+                .args(["weights", "--backbone", "darknet53", "--num-classes", "80"])
+                .arg("--out")
+                .arg(&weights)
+                .current_dir(root),
+        )?;
+    }
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images)?;
+    for i in 0..args.cli_images {
+        let dst = images.join(format!("dog_{i:03}.jpg"));
+        if !dst.exists() {
+            std::fs::copy(root.join("model_data/dog.jpg"), &dst)?;
+        }
+    }
+    let rss_file = dir.join("cli_rss.json");
+    let mut cmd = Command::new(py);
+    cmd.arg(root.join("tools/bench/run_rss.py"))
+        .arg(root.join("target/release/yolo-cli"))
+        .args([
+            "run",
+            "--backbone",
+            "darknet53",
+            "--no-draw",
+            "--format",
+            "jsonl",
+        ])
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--output")
+        .arg(dir.join("cli_out"))
+        .arg(&images)
+        .env("RUN_RSS_OUT", &rss_file)
+        .env("RAYON_NUM_THREADS", args.threads.to_string())
+        .current_dir(root);
+    eprintln!("$ {cmd:?}");
+    let out = cmd.output().context("starting yolo-cli run")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("yolo-cli run failed with {}:\n{stderr}", out.status);
+    }
+    let rss: Value = serde_json::from_str(std::fs::read_to_string(&rss_file)?.trim())?;
+    let weights_mib = std::fs::metadata(&weights)?.len() as f64 / (1024.0 * 1024.0);
+    let peak = f(&rss, "peak_rss_mib").unwrap_or(f64::NAN);
+    let split = cli_split(&stderr)
+        .with_context(|| format!("no per-stage summary in yolo-cli's output:\n{stderr}"))?;
+    Ok(format!(
+        "yolo-cli run, darknet53 (synthetic weights, {weights_mib:.0} MiB safetensors), {} images \
+         of 768x576, batch 1, {} threads:\n  mean per image: load {:.1} ms, preprocess {:.1} ms, \
+         inference {:.1} ms, postprocess {:.1} ms; process wall {:.2} s (model load included); \
+         peak RSS {peak:.0} MiB = {:.2}x the weights file",
+        args.cli_images,
+        args.threads,
+        split[0],
+        split[1],
+        split[2],
+        split[3],
+        f(&rss, "wall_s").unwrap_or(f64::NAN),
+        peak / weights_mib,
+    ))
+}
+
+/// Runs the benchmark and prints the table.
+pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
+    let models = args
+        .models
+        .iter()
+        .map(|m| model(m))
+        .collect::<Result<Vec<_>>>()?;
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "yolov3-head",
+            "--example",
+            "bench_speed",
+        ])
+        .current_dir(root))?;
+    let ours_bin = root.join("target/release/examples/bench_speed");
+    let py = if args.no_python {
+        None
+    } else {
+        Some(python_env(root, &args.python)?)
+    };
+    let threads = args.threads.to_string();
+    let common = |cmd: &mut Command, m: &Model, batch: usize| {
+        cmd.args(["--backbone", m.backbone])
+            .args(["--num-classes", &m.num_classes.to_string()])
+            .args(["--size", &args.size.to_string()])
+            .args(["--batch", &batch.to_string()])
+            .args(["--iters", &args.iters.to_string()])
+            .args(["--warmup", &args.warmup.to_string()])
+            .env("RAYON_NUM_THREADS", &threads)
+            .env("OMP_NUM_THREADS", &threads)
+            .current_dir(root);
+    };
+    let started = machine();
+    let mut records = Vec::new();
+    let mut rows = Vec::new();
+    for m in &models {
+        let onnx = dir.join(format!(
+            "yolo_{}_{}_{}.onnx",
+            m.backbone, m.num_classes, args.size
+        ));
+        if let Some(py) = &py {
+            if !onnx.exists() {
+                let mut cmd = Command::new(py);
+                cmd.arg(root.join("tools/bench/bench_py.py")).arg("export");
+                common(&mut cmd, m, 1);
+                run_json(cmd.arg("--onnx").arg(&onnx))?;
+            }
+        }
+        for &batch in &args.batches {
+            let mut cmd = Command::new(&ours_bin);
+            common(&mut cmd, m, batch);
+            let ours = run_json(&mut cmd)?;
+            let candle = if args.candle_baseline && batch == 1 {
+                let mut cmd = Command::new(&ours_bin);
+                common(&mut cmd, m, batch);
+                Some(run_json(cmd.env("NN_BLOCKS_FAST_CONV", "0"))?)
+            } else {
+                None
+            };
+            let (torch, ort) = match &py {
+                Some(py) => {
+                    let mut cmd = Command::new(py);
+                    cmd.arg(root.join("tools/bench/bench_py.py")).arg("torch");
+                    common(&mut cmd, m, batch);
+                    let torch = run_json(cmd.args(["--threads", &threads]))?;
+                    let mut cmd = Command::new(py);
+                    cmd.arg(root.join("tools/bench/bench_py.py")).arg("ort");
+                    common(&mut cmd, m, batch);
+                    let ort = run_json(cmd.args(["--threads", &threads]).arg("--onnx").arg(&onnx))?;
+                    (Some(torch), Some(ort))
+                }
+                None => (None, None),
+            };
+            let ms = |v: &Option<Value>| v.as_ref().and_then(|v| f(v, "ms_per_image"));
+            let rss = |v: &Option<Value>| v.as_ref().and_then(|v| f(v, "peak_rss_mib"));
+            let ours = Some(ours);
+            rows.push(format!(
+                "| {} | {batch} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} |",
+                m.label,
+                cell(ms(&ours), 1),
+                cell(ours.as_ref().and_then(|v| f(v, "images_per_s")), 2),
+                cell(rss(&ours), 0),
+                cell(ms(&torch), 1),
+                cell(rss(&torch), 0),
+                cell(ms(&ort), 1),
+                cell(rss(&ort), 0),
+                ratio(ms(&ours), ms(&torch)),
+                ratio(ms(&ours), ms(&ort)),
+                match &candle {
+                    Some(c) => format!(" (candle conv2d: {} ms)", cell(f(c, "ms_per_image"), 1)),
+                    None => String::new(),
+                },
+            ));
+            records.extend([ours, torch, ort, candle].into_iter().flatten());
+        }
+    }
+    let cli = if args.no_cli {
+        None
+    } else {
+        match &py {
+            Some(py) => Some(
+                bench_cli(root, py, &args, &dir)
+                    .unwrap_or_else(|e| format!("yolo-cli run: not measured ({e:#})")),
+            ),
+            None => Some("yolo-cli run: not measured (needs Python for the weights)".into()),
+        }
+    };
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&Value::Array(records))?,
+    )?;
+
+    println!();
+    println!(
+        "{} x {} f32, {} threads, median of {} after {} warm-up runs; ms per image",
+        args.size, args.size, args.threads, args.iters, args.warmup
+    );
+    println!("machine at start: {started}");
+    println!("machine at end:   {}", machine());
+    println!();
+    println!(
+        "| model | batch | ours ms | ours img/s | ours RSS MiB | PyTorch eager ms | PyTorch RSS MiB | ONNX Runtime ms | ORT RSS MiB | ours/PyTorch | ours/ORT |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!("{r}");
+    }
+    if let Some(cli) = cli {
+        println!();
+        println!("{cli}");
+    }
+    println!();
+    println!("raw records: {}", dir.join("results.json").display());
+    Ok(())
+}
