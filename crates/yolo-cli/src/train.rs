@@ -32,6 +32,10 @@ pub struct TrainArgs {
     /// their initialisation), e.g. a whole model to fine-tune or a converted backbone.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// ImageNet weights for the backbone alone (e.g. model_data/weights/mobilenetv2-imagenet.safetensors
+    /// from `cargo xtask download-weights mobilenetv2-imagenet`; `features.*` names).
+    #[arg(long)]
+    pub pretrained_backbone: Option<PathBuf>,
     /// Network input side (multiple of 32), or WxH.
     #[arg(long, default_value = "416")]
     pub input_size: String,
@@ -146,6 +150,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
         seed: args.seed,
         augment: (!args.no_augment).then(AugmentConfig::default),
         weights: args.weights.clone(),
+        pretrained_backbone: args.pretrained_backbone.clone(),
         resume: args.resume,
         max_steps: args.max_steps,
         fit_lr_to_batch: !args.no_lr_fit,

@@ -64,6 +64,10 @@ pub struct TrainConfig {
     /// Start from these weights (safetensors with the reference names; missing or
     /// mismatched tensors keep their initialisation, as the reference's partial load).
     pub weights: Option<PathBuf>,
+    /// ImageNet weights for the backbone alone, with the names of the bare network
+    /// (`features.*` of torchvision's MobileNetV2 as `cargo xtask download-weights
+    /// mobilenetv2-imagenet` installs it, or Darknet53's `conv1`, `layer1.*`...).
+    pub pretrained_backbone: Option<PathBuf>,
     /// Continue from `save_dir/last`.
     pub resume: bool,
     /// Cap on steps per epoch (None: the whole set).
@@ -305,11 +309,53 @@ pub fn build_train_model(
 /// Loads the tensors of `path` whose names and shapes match into `varmap`; returns
 /// (loaded, skipped) counts, as the reference's partial `load_state_dict`.
 pub fn load_matching(varmap: &VarMap, path: &Path, device: &Device) -> Result<(usize, usize)> {
-    let tensors = candle_core::safetensors::load(path, device)?;
+    load_renamed(varmap, path, device, |k| k.to_string())
+}
+
+/// Where a bare backbone's tensors live inside `YoloBody`: the seed's MobileNetV2 wrapper
+/// holds torchvision's network as `backbone.model`, Darknet53 sits at `backbone`.
+pub fn backbone_prefix(backbone: BackboneKind) -> &'static str {
+    match backbone {
+        BackboneKind::MobileNetV2 => "backbone.model.",
+        BackboneKind::Darknet53 => "backbone.",
+    }
+}
+
+/// Loads ImageNet weights of the bare backbone (`features.*`, or `conv1`/`layer*`) into the
+/// backbone of `varmap`; the classifier and whatever does not fit are skipped. Fails when
+/// nothing fits (a wrong file or the other backbone).
+pub fn load_pretrained_backbone(
+    varmap: &VarMap,
+    path: &Path,
+    backbone: BackboneKind,
+    device: &Device,
+) -> Result<(usize, usize)> {
+    let prefix = backbone_prefix(backbone);
+    let (ok, skip) = load_renamed(varmap, path, device, |k| format!("{prefix}{k}"))?;
+    if ok == 0 {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("no tensor fits the {backbone} backbone ({skip} tensors read)"),
+        });
+    }
+    Ok((ok, skip))
+}
+
+/// [`load_matching`] with the file's names mapped by `rename` first.
+fn load_renamed(
+    varmap: &VarMap,
+    path: &Path,
+    device: &Device,
+    rename: impl Fn(&str) -> String,
+) -> Result<(usize, usize)> {
+    let tensors = candle_core::safetensors::load(path, device).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("cannot read it as safetensors: {e}"),
+    })?;
     let data = varmap.data().lock().expect("varmap lock");
     let (mut ok, mut skip) = (0, 0);
     for (k, v) in tensors {
-        match data.get(&k) {
+        match data.get(&rename(&k)) {
             Some(var) if var.as_tensor().dims() == v.dims() => {
                 var.set(&v.to_dtype(DType::F32)?)?;
                 ok += 1;
@@ -440,12 +486,21 @@ pub fn train(
             dir.display(),
             state.epoch
         )));
-    } else if let Some(wp) = &cfg.weights {
-        let (ok, skip) = load_matching(&varmap, wp, device)?;
-        on_event(&Event::Info(format!(
-            "loaded {ok} tensors from {} ({skip} did not fit and keep their initialisation)",
-            wp.display()
-        )));
+    } else {
+        if let Some(bp) = &cfg.pretrained_backbone {
+            let (ok, skip) = load_pretrained_backbone(&varmap, bp, cfg.backbone, device)?;
+            on_event(&Event::Info(format!(
+                "loaded {ok} backbone tensors from {} ({skip} skipped: classifier or not fitting)",
+                bp.display()
+            )));
+        }
+        if let Some(wp) = &cfg.weights {
+            let (ok, skip) = load_matching(&varmap, wp, device)?;
+            on_event(&Event::Info(format!(
+                "loaded {ok} tensors from {} ({skip} did not fit and keep their initialisation)",
+                wp.display()
+            )));
+        }
     }
     let min_lr = cfg.init_lr * cfg.min_lr_ratio;
     let log_path = cfg.save_dir.join("log.jsonl");
@@ -593,4 +648,52 @@ pub fn train(
     let plot = cfg.save_dir.join("loss.png");
     crate::plot::plot_history(&state.history, &plot)?;
     Ok(state.history)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn pretrained_backbone_goes_under_the_wrapper_prefix() {
+        let dev = Device::Cpu;
+        let cfg = YoloConfig::new(BackboneKind::MobileNetV2, 3);
+        let (varmap, _) = build_train_model(&cfg, &dev, 0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imagenet.safetensors");
+        let stem = (Tensor::ones((32, 3, 3, 3), DType::F32, &dev).unwrap() * 0.5).unwrap();
+        let mut tensors = HashMap::new();
+        tensors.insert("features.0.0.weight".to_string(), stem);
+        // The ImageNet classifier and a misshapen tensor are skipped.
+        tensors.insert(
+            "classifier.1.bias".to_string(),
+            Tensor::zeros(1000, DType::F32, &dev).unwrap(),
+        );
+        tensors.insert(
+            "features.0.1.weight".to_string(),
+            Tensor::zeros(7, DType::F32, &dev).unwrap(),
+        );
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+
+        let (ok, skip) =
+            load_pretrained_backbone(&varmap, &path, BackboneKind::MobileNetV2, &dev).unwrap();
+        assert_eq!((ok, skip), (1, 2));
+        let data = varmap.data().lock().unwrap();
+        let loaded = data["backbone.model.features.0.0.weight"].as_tensor();
+        let values: Vec<f32> = loaded.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(values.iter().all(|&v| v == 0.5));
+        drop(data);
+
+        // Nothing of it fits Darknet53: refused, naming the file.
+        let cfg = YoloConfig::new(BackboneKind::Darknet53, 3);
+        let (varmap, _) = build_train_model(&cfg, &dev, 0).unwrap();
+        let err = load_pretrained_backbone(&varmap, &path, BackboneKind::Darknet53, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("imagenet.safetensors") && err.contains("darknet53"),
+            "{err}"
+        );
+    }
 }

@@ -52,6 +52,7 @@ fn config(save_dir: &Path) -> TrainConfig {
         seed: 3,
         augment: Some(AugmentConfig::default()),
         weights: None,
+        pretrained_backbone: None,
         resume: false,
         max_steps: None,
         fit_lr_to_batch: false,

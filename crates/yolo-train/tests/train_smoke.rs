@@ -46,6 +46,7 @@ fn loss_falls_and_checkpoints_resume() {
         seed: 1,
         augment: None,
         weights: None,
+        pretrained_backbone: None,
         resume: false,
         max_steps: None,
         fit_lr_to_batch: false,
