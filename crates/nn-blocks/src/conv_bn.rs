@@ -301,6 +301,7 @@ impl Module for ConvBnAct {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use crate::weights::SyntheticWeights;
     use candle_core::{DType, Device};
 
@@ -311,19 +312,6 @@ mod tests {
             .activation(act)
             .bn_mode(mode);
         ConvBnAct::sequential(cfg, vb.pp("blk")).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]
@@ -339,7 +327,10 @@ mod tests {
                 let kept = block(BnMode::Train, act, groups)
                     .forward_t(&x, false)
                     .unwrap();
-                assert!(max_diff(&folded, &kept) < 1e-5, "{act:?} groups {groups}");
+                assert!(
+                    max_abs_diff(&folded, &kept) < 1e-5,
+                    "{act:?} groups {groups}"
+                );
             }
         }
     }
@@ -356,10 +347,10 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        assert!(max_diff(&mean, &beta) < 1e-4);
+        assert!(max_abs_diff(&mean, &beta) < 1e-4);
         // The activations differ from the running-statistics path.
         let eval = blk.forward_t(&x, false).unwrap();
-        assert!(max_diff(&y, &eval) > 1e-2);
+        assert!(max_abs_diff(&y, &eval) > 1e-2);
     }
 
     #[test]

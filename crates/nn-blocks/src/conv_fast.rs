@@ -821,30 +821,11 @@ pub fn bias_act_owned(y: Tensor, bias: Option<&Tensor>, activation: Activation) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{max_abs, max_abs_diff};
     use candle_core::Device;
 
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        let d: f32 = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        let m: f32 = b
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        d / m.max(1e-6)
+        max_abs_diff(a, b) / max_abs(b).max(1e-6)
     }
 
     fn reference(

@@ -264,20 +264,8 @@ pub fn depthwise_conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     fn inputs(b: usize, c: usize, h: usize, w: usize, k: usize) -> (Tensor, Tensor) {
         let dev = Device::Cpu;
@@ -307,7 +295,7 @@ mod tests {
                 reference.dims(),
                 "{b} {c} {h} {w} {k} s{stride} p{padding}"
             );
-            let d = max_diff(&ours, &reference);
+            let d = max_abs_diff(&ours, &reference);
             assert!(d < 1e-5, "{b} {c} {h} {w} {k} s{stride} p{padding}: {d}");
         }
     }
@@ -326,7 +314,7 @@ mod tests {
         assert!(!xt.is_contiguous());
         let ours = depthwise_conv2d(&xt, &wt, 2, 1).unwrap();
         let reference = x.conv2d(&wt, 1, 2, 1, 4).unwrap();
-        assert!(max_diff(&ours, &reference) < 1e-5);
+        assert!(max_abs_diff(&ours, &reference) < 1e-5);
     }
 
     /// Gradients of `sum(conv(x, w) * upstream)` from our backward pass.
@@ -414,14 +402,14 @@ mod tests {
             let (gx, gw) = our_grads(&x, &wt, &up, stride, padding, true);
             let (rx, rw) = naive_grads(&x, &wt, &up, stride, padding);
             assert!(
-                max_diff(&gx, &rx) < 1e-4,
+                max_abs_diff(&gx, &rx) < 1e-4,
                 "grad x s{stride} p{padding}: {}",
-                max_diff(&gx, &rx)
+                max_abs_diff(&gx, &rx)
             );
             assert!(
-                max_diff(&gw, &rw) < 1e-3,
+                max_abs_diff(&gw, &rw) < 1e-3,
                 "grad w s{stride} p{padding}: {}",
-                max_diff(&gw, &rw)
+                max_abs_diff(&gw, &rw)
             );
         }
     }
@@ -436,14 +424,14 @@ mod tests {
             let (gx, gw) = our_grads(&x, &wt, &up, stride, padding, true);
             let (rx, rw) = our_grads(&x, &wt, &up, stride, padding, false);
             assert!(
-                max_diff(&gx, &rx) < 1e-4,
+                max_abs_diff(&gx, &rx) < 1e-4,
                 "grad x s{stride} p{padding}: {}",
-                max_diff(&gx, &rx)
+                max_abs_diff(&gx, &rx)
             );
             assert!(
-                max_diff(&gw, &rw) < 1e-3,
+                max_abs_diff(&gw, &rw) < 1e-3,
                 "grad w s{stride} p{padding}: {}",
-                max_diff(&gw, &rw)
+                max_abs_diff(&gw, &rw)
             );
         }
     }

@@ -20,6 +20,8 @@ mod depthwise;
 mod divisible;
 mod error;
 pub mod summary;
+#[cfg(test)]
+mod test_util;
 pub mod weights;
 
 pub use backbone::{Backbone, FeatureChannels};
