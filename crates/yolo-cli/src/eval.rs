@@ -26,6 +26,10 @@ pub struct EvalArgs {
     /// Network input side (multiple of 32), or WxH.
     #[arg(long, default_value = "416")]
     pub input_size: String,
+    /// Anchors file the model was trained with (a training run writes it next to the
+    /// weights as anchors.txt); default: the YOLOv3 anchors.
+    #[arg(long)]
+    pub anchors: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -54,8 +58,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<std::process::ExitCode> {
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
     let model = YoloBody::new(&YoloConfig::new(args.backbone, names.len()), vb)?;
     let input_wh = crate::train::parse_size(&args.input_size)?;
-    let report =
-        yolo_train::trainer::evaluate_model(model, names.names(), input_wh, &ann.samples, &device)?;
+    let anchors = crate::model::resolve_anchors(args.anchors.as_deref())?;
+    let report = yolo_train::trainer::evaluate_model(
+        model,
+        names.names(),
+        &anchors,
+        input_wh,
+        &ann.samples,
+        &device,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,6 +1,8 @@
 //! `yolo-cli train`: the reference's `train.py` (see the yolo-train crate).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -39,6 +41,10 @@ pub struct TrainArgs {
     /// Network input side (multiple of 32), or WxH.
     #[arg(long, default_value = "416")]
     pub input_size: String,
+    /// Anchors file (`w,h, w,h, ...`, 9 pairs in input pixels, e.g. from `yolo-cli
+    /// anchors`); default: the YOLOv3 anchors. Each checkpoint keeps a copy as anchors.txt.
+    #[arg(long)]
+    pub anchors: Option<PathBuf>,
     /// Total epochs.
     #[arg(long, default_value_t = 300)]
     pub epochs: usize,
@@ -114,6 +120,22 @@ pub fn device_name(device: &candle_core::Device) -> String {
     }
 }
 
+/// A flag the first Ctrl-C raises (training stops before its next step, the finished
+/// epochs being saved already); a second Ctrl-C exits at once.
+fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: stopping before the next step (press again to exit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 /// Runs `yolo-cli train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
     let names = ClassNames::from_file(&args.classes)?;
@@ -135,6 +157,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
         backbone: args.backbone,
         class_names: names.names().to_vec(),
         input_wh,
+        anchors: crate::model::resolve_anchors(args.anchors.as_deref())?,
         epochs: args.epochs,
         freeze_epochs: args.freeze_epochs,
         freeze_batch: args.freeze_batch,
@@ -154,6 +177,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
         resume: args.resume,
         max_steps: args.max_steps,
         fit_lr_to_batch: !args.no_lr_fit,
+        stop: Some(stop_on_ctrl_c()?),
     };
     eprintln!(
         "training {} ({} classes) at {}x{} on {} images, validating on {}, on {}",
@@ -209,7 +233,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
             );
         }
     });
-    let hist = result?;
+    if let Some(b) = bar.take() {
+        b.abandon();
+    }
+    let hist = match result {
+        Err(e @ yolo_train::Error::Interrupted { .. }) => {
+            eprintln!("{e}");
+            return Ok(std::process::ExitCode::from(130));
+        }
+        r => r?,
+    };
     eprintln!(
         "done in {:.1} s: {} epochs; weights {}, log {}, plot {}",
         t0.elapsed().as_secs_f64(),

@@ -243,3 +243,63 @@ fn train_and_eval_on_the_cpu() {
         );
     }
 }
+
+/// Ctrl-C (SIGINT) stops training before its next step: exit code 130, the finished
+/// epochs saved with the run's anchors, and `--resume` named.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_training_keeping_finished_epochs() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    yolo_train::synthetic::generate(
+        &data,
+        &yolo_train::synthetic::SyntheticConfig {
+            train: 2,
+            val: 2,
+            size: 64,
+            max_objects: 1,
+            seed: 2,
+        },
+    )
+    .unwrap();
+    let anchors = "5,6, 8,9, 10,14, 15,12, 18,20, 22,25, 30,28, 35,40, 50,48\n";
+    std::fs::write(dir.path().join("anchors.txt"), anchors).unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("yolo-cli"))
+        .current_dir(dir.path())
+        .args(["train", "--device", "cpu", "--input-size", "64"])
+        .args(["--epochs", "1000", "--freeze-epochs", "0", "--batch", "2"])
+        .args(["--train", "data/train.txt", "--val", "data/val.txt"])
+        .args(["--classes", "data/classes.txt", "--eval-period", "0"])
+        .args(["--anchors", "anchors.txt", "--save-dir", "run"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = dir.path().join("run/last/state.json");
+    let t0 = Instant::now();
+    while !state.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "no epoch finished in 10 min"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "train exited early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let stderr = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("Ctrl-C: stopping") && stderr.contains("continue with --resume"),
+        "{stderr}"
+    );
+    let saved = std::fs::read_to_string(dir.path().join("run/last/anchors.txt")).unwrap();
+    let parse = |t: &str| yolov3_head::Anchors::parse(t, "anchors").unwrap();
+    assert_eq!(parse(&saved), parse(anchors));
+    // nothing half-written is left
+    assert!(!dir.path().join("run/last.tmp").exists());
+}

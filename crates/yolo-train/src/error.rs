@@ -58,6 +58,20 @@ pub enum Error {
         /// The value seen.
         value: f32,
     },
+    /// The stop flag was raised (Ctrl-C): the epoch under way is dropped, the finished
+    /// ones are in the `last` checkpoint.
+    #[error("interrupted during epoch {epoch}: {}", match .saved_epoch {
+        Some(e) => format!("epochs up to {e} are saved in {}; continue with --resume", .last.display()),
+        None => "no epoch had finished, nothing was saved".to_string(),
+    })]
+    Interrupted {
+        /// 1-based epoch that was running.
+        epoch: usize,
+        /// Last finished epoch, saved in `last` (None: none finished).
+        saved_epoch: Option<usize>,
+        /// The `last` checkpoint folder.
+        last: PathBuf,
+    },
     /// A checkpoint file is inconsistent.
     #[error("checkpoint {path}: {message}")]
     Checkpoint {

@@ -4,7 +4,9 @@
 //! log and a PNG plot.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -14,7 +16,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use yolov3_head::{
-    BackboneKind, ClassNames, Detector, DetectorConfig, YoloBody, YoloConfig, YOLO_ANCHORS,
+    Anchors, BackboneKind, ClassNames, Detector, DetectorConfig, YoloBody, YoloConfig,
 };
 
 use crate::augment::{letterbox, random_augment, to_targets, AugmentConfig};
@@ -33,6 +35,9 @@ pub struct TrainConfig {
     pub class_names: Vec<String>,
     /// Network input `(width, height)`, multiples of 32.
     pub input_wh: (u32, u32),
+    /// Anchor boxes in input pixels (the YOLOv3 ones, or `yolo-cli anchors` output for
+    /// data whose boxes are far from them); written to each checkpoint as `anchors.txt`.
+    pub anchors: Anchors,
     /// Total epochs (the reference's `UnFreeze_Epoch`).
     pub epochs: usize,
     /// Epochs with the backbone frozen (`Freeze_Epoch`; 0: no freeze phase).
@@ -76,6 +81,9 @@ pub struct TrainConfig {
     /// batch / 64` within `[5e-4, 5e-2]` for SGD, `[3e-4, 1e-3]` for Adam); when false,
     /// `init_lr` is used as it is.
     pub fit_lr_to_batch: bool,
+    /// Raised from elsewhere (the CLI's Ctrl-C handler) to stop before the next step; the
+    /// run then ends with [`Error::Interrupted`] and the finished epochs stay saved.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// What the loop reports to its caller (the CLI draws the progress bar from these).
@@ -139,6 +147,13 @@ struct State {
     history: Vec<EpochRecord>,
     backbone: String,
     num_classes: usize,
+    /// The run's anchors (absent in checkpoints of older versions: the YOLOv3 ones).
+    #[serde(default = "default_anchor_pairs")]
+    anchors: Vec<(f32, f32)>,
+}
+
+fn default_anchor_pairs() -> Vec<(f32, f32)> {
+    Anchors::yolov3().pairs().to_vec()
 }
 
 struct Batch {
@@ -245,8 +260,17 @@ fn save_checkpoint(dir: &Path, varmap: &VarMap, opt: &Optimizer, state: &State) 
             path: d.join("state.json"),
             source: e,
         })?;
-        std::fs::write(d.join("state.json"), js).map_err(|e| Error::io(d.join("state.json"), e))
+        std::fs::write(d.join("state.json"), js).map_err(|e| Error::io(d.join("state.json"), e))?;
+        let ap = d.join("anchors.txt");
+        std::fs::write(&ap, anchors_file_text(&state.anchors)).map_err(|e| Error::io(&ap, e))
     })
+}
+
+/// The anchors in the reference's `yolo_anchors.txt` format (`w,h, w,h, ...`), readable
+/// by `yolo-cli run --anchors` and `eval --anchors`.
+pub fn anchors_file_text(pairs: &[(f32, f32)]) -> String {
+    let items: Vec<String> = pairs.iter().map(|(w, h)| format!("{w},{h}")).collect();
+    items.join(", ") + "\n"
 }
 
 /// Builds a YOLOv3 in training mode over a VarMap, initialised as the reference's
@@ -386,11 +410,13 @@ pub fn folded_model(varmap: &VarMap, cfg: &YoloConfig, device: &Device) -> Resul
 pub fn evaluate_model(
     model: YoloBody,
     names: &[String],
+    anchors: &Anchors,
     input_wh: (u32, u32),
     samples: &[Sample],
     device: &Device,
 ) -> Result<EvalReport> {
     let cfg = DetectorConfig::new(ClassNames::new(names.to_vec())?)
+        .with_anchors(anchors.clone())
         .with_input_size(input_wh.0 as usize, input_wh.1 as usize)
         .with_conf_threshold(0.001)
         .with_nms_iou(0.5)
@@ -438,7 +464,7 @@ pub fn train(
     let (varmap, model) = build_train_model(&ycfg, device, cfg.seed)?;
     let params = params_from_varmap(&varmap);
     let loss_fn = YoloLoss::new(
-        &YOLO_ANCHORS,
+        cfg.anchors.pairs(),
         ycfg.anchors_mask,
         nc,
         (h as usize, w as usize),
@@ -450,6 +476,7 @@ pub fn train(
         history: Vec::new(),
         backbone: cfg.backbone.to_string(),
         num_classes: nc,
+        anchors: cfg.anchors.pairs().to_vec(),
     };
     let last = cfg.save_dir.join("last");
     if cfg.resume {
@@ -470,6 +497,16 @@ pub fn train(
                 message: format!(
                     "it is a {} model with {} classes, not {} with {nc}",
                     state.backbone, state.num_classes, cfg.backbone
+                ),
+            });
+        }
+        if state.anchors != cfg.anchors.pairs() {
+            return Err(Error::Checkpoint {
+                path: sp,
+                message: format!(
+                    "it was trained with the anchors {}, not {}; pass the same --anchors to resume",
+                    anchors_file_text(&state.anchors).trim_end(),
+                    anchors_file_text(cfg.anchors.pairs()).trim_end()
                 ),
             });
         }
@@ -547,6 +584,13 @@ pub fn train(
         );
         let mut sums = [0f64; 4];
         for step in 0..steps {
+            if cfg.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                return Err(Error::Interrupted {
+                    epoch: epoch + 1,
+                    saved_epoch: (state.epoch > 0).then_some(state.epoch),
+                    last: last.clone(),
+                });
+            }
             let b = rx
                 .recv()
                 .map_err(|_| Error::Config("the loader stopped".into()))??;
@@ -602,7 +646,17 @@ pub fn train(
             cfg.eval_period > 0 && ((epoch + 1) % cfg.eval_period == 0 || epoch + 1 == cfg.epochs);
         let map50 = if do_map {
             let m = folded_model(&varmap, &ycfg, device)?;
-            Some(evaluate_model(m, &cfg.class_names, cfg.input_wh, &val_set, device)?.map50)
+            Some(
+                evaluate_model(
+                    m,
+                    &cfg.class_names,
+                    &cfg.anchors,
+                    cfg.input_wh,
+                    &val_set,
+                    device,
+                )?
+                .map50,
+            )
         } else {
             None
         };

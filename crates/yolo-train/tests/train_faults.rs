@@ -12,7 +12,7 @@ use yolo_train::dataset::{load_annotations, BadLinePolicy, Sample};
 use yolo_train::optim::OptimizerKind;
 use yolo_train::synthetic::{generate, SyntheticConfig, CLASSES};
 use yolo_train::{train, Error, Event, TrainConfig};
-use yolov3_head::BackboneKind;
+use yolov3_head::{Anchors, BackboneKind};
 
 fn data(dir: &Path, train: usize, val: usize) -> (Vec<Sample>, Vec<Sample>) {
     let d = dir.join("data");
@@ -37,6 +37,7 @@ fn config(save_dir: &Path) -> TrainConfig {
         backbone: BackboneKind::MobileNetV2,
         class_names: CLASSES.iter().map(|s| s.to_string()).collect(),
         input_wh: (64, 64),
+        anchors: Anchors::yolov3(),
         epochs: 4,
         freeze_epochs: 1,
         freeze_batch: 2,
@@ -56,6 +57,7 @@ fn config(save_dir: &Path) -> TrainConfig {
         resume: false,
         max_steps: None,
         fit_lr_to_batch: false,
+        stop: None,
     }
 }
 
@@ -224,4 +226,68 @@ fn the_seed_fixes_the_initial_model() {
         .unwrap()
         .iter()
         .all(|&v| v == 1.0));
+}
+
+#[test]
+fn stop_flag_ends_the_run_keeping_finished_epochs_and_anchors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tr, va) = data(dir.path(), 4, 2);
+    let out = dir.path().join("run");
+    let mut cfg = config(&out);
+    cfg.epochs = 3;
+    cfg.freeze_epochs = 0;
+    cfg.augment = None;
+    // anchors of the data's own scale, as `yolo-cli anchors` would write them
+    let pairs: Vec<(f32, f32)> = (1..=9).map(|i| (4.0 * i as f32, 3.0 * i as f32)).collect();
+    cfg.anchors = Anchors::new(pairs.clone()).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    cfg.stop = Some(stop.clone());
+    // raise the flag (as Ctrl-C does) during epoch 2
+    let e = train(&cfg, tr.clone(), va.clone(), &Device::Cpu, &mut |e| {
+        if let Event::Step { step: 0, .. } = e {
+            if out.join("last").exists() {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Interrupted {
+                epoch: 2,
+                saved_epoch: Some(1),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("epochs up to 1 are saved in") && msg.contains("--resume"),
+        "{msg}"
+    );
+    let state = std::fs::read_to_string(out.join("last/state.json")).unwrap();
+    assert!(state.contains("\"epoch\": 1"), "{state}");
+    // the checkpoint carries the run's anchors in the file format `run --anchors` reads
+    let saved = Anchors::from_file(&out.join("last/anchors.txt")).unwrap();
+    assert_eq!(saved.pairs(), &pairs[..]);
+
+    // resuming with other anchors is refused, naming the checkpoint
+    let mut other = config(&out);
+    other.epochs = 3;
+    other.freeze_epochs = 0;
+    other.resume = true;
+    let e = train(&other, tr.clone(), va.clone(), &Device::Cpu, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("state.json") && e.contains("anchors") && e.contains("4,3, 8,6"),
+        "{e}"
+    );
+    // with the same anchors it finishes the run
+    cfg.stop = None;
+    cfg.resume = true;
+    let hist = train(&cfg, tr, va, &Device::Cpu, &mut |_| {}).unwrap();
+    assert_eq!(hist.len(), 3);
 }

@@ -7,7 +7,7 @@ use yolo_train::dataset::{load_annotations, BadLinePolicy};
 use yolo_train::optim::OptimizerKind;
 use yolo_train::synthetic::{generate, SyntheticConfig, CLASSES};
 use yolo_train::{train, Event, TrainConfig};
-use yolov3_head::BackboneKind;
+use yolov3_head::{Anchors, BackboneKind};
 
 #[test]
 fn loss_falls_and_checkpoints_resume() {
@@ -31,6 +31,7 @@ fn loss_falls_and_checkpoints_resume() {
         backbone: BackboneKind::MobileNetV2,
         class_names: CLASSES.iter().map(|s| s.to_string()).collect(),
         input_wh: (64, 64),
+        anchors: Anchors::yolov3(),
         epochs: 8,
         freeze_epochs: 0,
         freeze_batch: 4,
@@ -50,6 +51,7 @@ fn loss_falls_and_checkpoints_resume() {
         resume: false,
         max_steps: None,
         fit_lr_to_batch: false,
+        stop: None,
     };
     let mut step_losses = Vec::new();
     let hist = train(
