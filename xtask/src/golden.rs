@@ -2,7 +2,8 @@
 //!
 //! Creates `.venv-golden/` with the pinned `tools/reference/requirements.txt`
 //! (torch from PyPI) unless it exists, then runs the reference scripts, which
-//! write `tests/fixtures/golden/`, `tests/fixtures/pipeline/` and `tests/fixtures/loss/`.
+//! write `tests/fixtures/golden/`, `tests/fixtures/pipeline/` and `tests/fixtures/loss/`,
+//! and, given `--reference-repo`, `tests/fixtures/map/` from the reference's own mAP code.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,6 +19,10 @@ pub struct GoldenArgs {
     /// Reinstall the requirements even if the venv exists.
     #[arg(long)]
     reinstall: bool,
+    /// A checkout of bubbliiiing/yolo3-pytorch: also regenerate tests/fixtures/map/ with
+    /// its own `utils/utils_map.py` (skipped without it).
+    #[arg(long)]
+    reference_repo: Option<std::path::PathBuf>,
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -58,6 +63,19 @@ pub fn golden(root: &Path, args: GoldenArgs) -> Result<()> {
             cmd.arg("--out").arg(&out);
         }
         run(&mut cmd)?;
+    }
+    match &args.reference_repo {
+        Some(repo) => run(Command::new(&python)
+            .arg(root.join("tools/reference/make_golden_map.py"))
+            .arg("--reference-repo")
+            .arg(repo)
+            .arg("--out")
+            .arg(&out)
+            .current_dir(root))?,
+        None => eprintln!(
+            "tests/fixtures/map/ left as it is (it needs --reference-repo, a checkout of \
+             bubbliiiing/yolo3-pytorch)"
+        ),
     }
     eprintln!("fixtures written to {}", out.display());
     Ok(())

@@ -1,8 +1,10 @@
 //! Detection metrics: VOC mAP@0.5 with all-point interpolation as the reference's
 //! `get_map.py` / `utils/utils_map.py` (IoU with the `+1` pixel convention, `>=` the
 //! threshold, a ground truth matched once, later matches false positives), and COCO-style
-//! mAP@[0.5:0.95] (IoU without `+1`, `>=` each of 0.50, 0.55 … 0.95, 101-point
-//! interpolated precision as pycocotools, averaged over classes and thresholds).
+//! mAP@[0.5:0.95] as the reference's `get_coco_map` gets it from pycocotools (IoU without
+//! `+1`, the best still unmatched ground truth `>=` each of 0.50, 0.55 … 0.95, 101-point
+//! interpolated precision, averaged over classes and thresholds). Both are checked
+//! against numbers of the reference's own code in `tests/map_golden.rs`.
 //! Classes without ground truth are left out of the means, as both references do.
 
 use serde::Serialize;
@@ -84,7 +86,8 @@ pub fn coco_ap(rec: &[f64], prec: &[f64]) -> f64 {
     }
     let mut sum = 0.0;
     for k in 0..101 {
-        let r = k as f64 / 100.0;
+        // np.linspace(0, 1, 101) to the bit: k * 0.01, not k / 100 (7 * 0.01 > 0.07)
+        let r = if k == 100 { 1.0 } else { k as f64 * 0.01 };
         // first index with recall >= r
         let idx = rec.partition_point(|&x| x < r);
         if idx < q.len() {
@@ -107,34 +110,118 @@ fn iou(a: &[f32; 4], b: &[f32; 4], plus_one: f64) -> f64 {
     iw * ih / ua
 }
 
+/// How a detection is matched to the ground truth of its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matching {
+    /// `get_map`: the ground truth of highest IoU (`+1` pixel convention, the first on
+    /// ties); if it is taken already, the detection is a false positive.
+    Voc,
+    /// pycocotools: the not-yet-matched ground truth of highest IoU (no `+1`, the last on
+    /// ties) at or above the threshold.
+    Coco,
+}
+
 /// Precision/recall of one class at one threshold, detections sorted by score.
-fn pr_curve(dets: &[&DetBox], gts: &[&GtBox], thr: f64, plus_one: f64) -> (Vec<f64>, Vec<f64>) {
+fn pr_curve(
+    dets: &[&DetBox],
+    gts: &[&GtBox],
+    thr: f64,
+    matching: Matching,
+) -> (Vec<f64>, Vec<f64>) {
     let mut used = vec![false; gts.len()];
     let (mut tp, mut fp) = (0usize, 0usize);
     let mut rec = Vec::with_capacity(dets.len());
     let mut prec = Vec::with_capacity(dets.len());
     for d in dets {
-        let mut best = (-1.0f64, None);
-        for (gi, g) in gts.iter().enumerate() {
-            if g.image != d.image {
-                continue;
+        let same_image = gts.iter().enumerate().filter(|(_, g)| g.image == d.image);
+        let matched = match matching {
+            Matching::Voc => {
+                let mut best = (-1.0f64, None);
+                for (gi, g) in same_image {
+                    let o = iou(&d.bbox, &g.bbox, 1.0);
+                    if o > best.0 {
+                        best = (o, Some(gi));
+                    }
+                }
+                match best {
+                    (o, Some(gi)) if o >= thr && !used[gi] => Some(gi),
+                    _ => None,
+                }
             }
-            let o = iou(&d.bbox, &g.bbox, plus_one);
-            if o > best.0 {
-                best = (o, Some(gi));
+            Matching::Coco => {
+                // pycocotools starts from min(thr, 1 - 1e-10) and keeps a ground truth
+                // whose IoU is not below the best so far
+                let mut best = (thr.min(1.0 - 1e-10), None);
+                for (gi, g) in same_image {
+                    if used[gi] {
+                        continue;
+                    }
+                    let o = iou(&d.bbox, &g.bbox, 0.0);
+                    if o >= best.0 {
+                        best = (o, Some(gi));
+                    }
+                }
+                best.1
             }
-        }
-        match best {
-            (o, Some(gi)) if o >= thr && !used[gi] => {
+        };
+        match matched {
+            Some(gi) => {
                 used[gi] = true;
                 tp += 1;
             }
-            _ => fp += 1,
+            None => fp += 1,
         }
         rec.push(tp as f64 / gts.len() as f64);
         prec.push(tp as f64 / (tp + fp) as f64);
     }
     (rec, prec)
+}
+
+/// A detection as the reference's `YOLO.get_map_txt` writes it for `get_map.py`: the
+/// score cut to the first 6 characters of its decimal text (`str(score)[:6]`, 4 decimals
+/// below 1) and the corners truncated toward zero (`int()`). Evaluating rounded
+/// detections gives the reference's numbers for the same network outputs.
+pub fn round_as_get_map_txt(d: &DetBox) -> DetBox {
+    let text = format!("{}", d.score);
+    let cut: String = text.chars().take(6).collect();
+    DetBox {
+        score: cut.parse().unwrap_or(d.score),
+        bbox: d.bbox.map(f32::trunc),
+        ..*d
+    }
+}
+
+/// pycocotools' IoU thresholds, `np.linspace(.5, .95, 10)` to the last bit (`k * step +
+/// .5`, the last one exactly .95): an IoU equal to a threshold counts as a match.
+pub fn coco_iou_thresholds() -> [f64; 10] {
+    let step = (0.95 - 0.5) / 9.0;
+    let mut t = [0.0; 10];
+    for (k, v) in t.iter_mut().enumerate() {
+        *v = k as f64 * step + 0.5;
+    }
+    t[9] = 0.95;
+    t
+}
+
+/// COCO-style AP of each class at one IoU threshold (None for classes without ground
+/// truth), as pycocotools' precision table at that threshold.
+pub fn coco_ap_at(
+    dets: &[DetBox],
+    gts: &[GtBox],
+    num_classes: usize,
+    thr: f64,
+) -> Vec<Option<f64>> {
+    (0..num_classes)
+        .map(|c| {
+            let g: Vec<&GtBox> = gts.iter().filter(|g| g.class_id == c).collect();
+            let mut d: Vec<&DetBox> = dets.iter().filter(|d| d.class_id == c).collect();
+            d.sort_by(|a, b| b.score.total_cmp(&a.score));
+            (!g.is_empty()).then(|| {
+                let (r, p) = pr_curve(&d, &g, thr, Matching::Coco);
+                coco_ap(&r, &p)
+            })
+        })
+        .collect()
 }
 
 /// Evaluates `dets` against `gts` for `names.len()` classes.
@@ -149,13 +236,15 @@ pub fn evaluate(dets: &[DetBox], gts: &[GtBox], names: &[String]) -> EvalReport 
         let (ap50, ap5095) = if g.is_empty() {
             (0.0, 0.0)
         } else {
-            let (r, p) = pr_curve(&d, &g, 0.5, 1.0);
+            let (r, p) = pr_curve(&d, &g, 0.5, Matching::Voc);
             let ap50 = voc_ap(&r, &p);
-            let mut acc = 0.0;
-            for k in 0..10 {
-                let (r, p) = pr_curve(&d, &g, 0.5 + 0.05 * k as f64, 0.0);
-                acc += coco_ap(&r, &p);
-            }
+            let acc: f64 = coco_iou_thresholds()
+                .iter()
+                .map(|&t| {
+                    let (r, p) = pr_curve(&d, &g, t, Matching::Coco);
+                    coco_ap(&r, &p)
+                })
+                .sum();
             s50 += ap50;
             s5095 += acc / 10.0;
             n += 1;

@@ -22,7 +22,7 @@ use yolov3_head::{
 use crate::augment::{letterbox, random_augment, to_targets, AugmentConfig};
 use crate::dataset::Sample;
 use crate::loss::{TargetBox, YoloLoss};
-use crate::metrics::{evaluate, DetBox, EvalReport, GtBox};
+use crate::metrics::{evaluate, round_as_get_map_txt, DetBox, EvalReport, GtBox};
 use crate::optim::{fit_lr, params_from_varmap, warm_cos_lr, Optimizer, OptimizerKind, Param};
 use crate::{Error, Result};
 
@@ -406,7 +406,8 @@ pub fn folded_model(varmap: &VarMap, cfg: &YoloConfig, device: &Device) -> Resul
     )?)
 }
 
-/// Runs the detector over `samples` and evaluates (conf 0.001, NMS 0.5, letterbox).
+/// Runs the detector over `samples` and evaluates (conf 0.001, NMS 0.5, letterbox) as
+/// the reference's `get_map.py`, detections rounded as it writes them.
 pub fn evaluate_model(
     model: YoloBody,
     names: &[String],
@@ -426,12 +427,13 @@ pub fn evaluate_model(
     for (i, s) in samples.iter().enumerate() {
         let img = load_rgb(&s.path)?;
         for d in det.detect(&img)? {
-            dets.push(DetBox {
+            // as the reference writes them to map_out/detection-results for get_map.py
+            dets.push(round_as_get_map_txt(&DetBox {
                 image: i,
                 class_id: d.class_id,
                 score: d.score,
                 bbox: [d.x1, d.y1, d.x2, d.y2],
-            });
+            }));
         }
         for b in &s.boxes {
             gts.push(GtBox {
