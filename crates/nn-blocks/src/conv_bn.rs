@@ -169,11 +169,22 @@ impl ConvBnAct {
         };
         let bn = candle_nn::batch_norm(cfg.out_channels, bn_cfg, bn_vb)?;
         match cfg.bn_mode {
-            BnMode::Folded => Ok(Self {
-                conv: conv.absorb_bn(&bn)?,
-                bn: None,
-                cfg,
-            }),
+            BnMode::Folded => {
+                // candle's BatchNorm holds its running statistics as `Var`s, so the folded
+                // tensors come with an autograd graph that keeps the unfolded weight alive
+                // (twice the weights in memory): detach them.
+                let folded = conv.absorb_bn(&bn)?;
+                let conv = Conv2d::new(
+                    folded.weight().detach(),
+                    folded.bias().map(Tensor::detach),
+                    conv_cfg,
+                );
+                Ok(Self {
+                    conv,
+                    bn: None,
+                    cfg,
+                })
+            }
             BnMode::Train => Ok(Self {
                 conv,
                 bn: Some(bn),
@@ -312,6 +323,17 @@ mod tests {
             .activation(act)
             .bn_mode(mode);
         ConvBnAct::sequential(cfg, vb.pp("blk")).unwrap()
+    }
+
+    #[test]
+    fn folded_weights_do_not_keep_the_unfolded_ones_alive() {
+        // candle's BatchNorm makes its running statistics `Var`s; folding through them
+        // must not leave an autograd graph that holds the original weight
+        for groups in [1, 6] {
+            let b = block(BnMode::Folded, Activation::Relu6, groups);
+            assert!(!b.conv.weight().track_op(), "groups {groups}");
+            assert!(!b.conv.bias().unwrap().track_op(), "groups {groups}");
+        }
     }
 
     #[test]

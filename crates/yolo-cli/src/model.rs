@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use clap::ValueEnum;
 use yolov3_head::{Anchors, BackboneKind, ClassNames, YoloBody, YoloConfig};
 
@@ -187,7 +186,8 @@ pub fn load_model(path: &Path, cfg: &YoloConfig, device: &Device) -> anyhow::Res
         bn_eps: meta.bn_eps,
         ..cfg.clone()
     };
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    // the unfolded tensors are freed layer by layer as BatchNorm is folded into the convs
+    let vb = nn_blocks::weights::TakingBackend::var_builder(tensors, DType::F32, device);
     YoloBody::new(&cfg, vb).with_context(|| {
         format!(
             "cannot build the {} model ({} classes) from {}",

@@ -274,13 +274,173 @@ pub fn read_safetensors_metadata(bytes: &[u8], path: &Path) -> Result<Safetensor
 
 /// Opens a canonical safetensors file: tensors (as f32 on `device`) and metadata,
 /// `bn_eps` 1e-5 when absent.
+///
+/// The file is read one tensor at a time straight into the tensor's own buffer, so that
+/// loading needs the weights' size in memory once (plus one tensor), not twice as reading
+/// the whole file first would.
 pub fn load_canonical(path: &Path, device: &Device) -> Result<LoadedWeights> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (meta, shapes) = read_safetensors_metadata(&bytes, path)?;
-    let meta = WeightsMeta::from_metadata(&meta, &shapes, path)?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-        .collect::<Result<HashMap<_, _>>>()?;
+    let bad = |detail: String| Error::NotACheckpoint {
+        path: path.to_path_buf(),
+        detail: format!(": bad safetensors ({detail})"),
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let header = read_header(&mut file, file_len).map_err(|e| match e {
+        HeaderError::Io(e) => Error::io(path, e),
+        HeaderError::Bad(m) => bad(m),
+    })?;
+    let shapes = header
+        .entries
+        .iter()
+        .map(|e| (e.name.clone(), e.shape.clone()))
+        .collect();
+    let meta = WeightsMeta::from_metadata(&header.metadata, &shapes, path)?;
+    let mut entries = header.entries;
+    entries.sort_by_key(|e| e.start);
+    let mut tensors = HashMap::with_capacity(entries.len());
+    for e in entries {
+        use std::io::{Read, Seek, SeekFrom};
+        file.seek(SeekFrom::Start(header.data_start + e.start))
+            .map_err(|err| Error::io(path, err))?;
+        let len = (e.end - e.start) as usize;
+        let tensor = if e.dtype == DType::F32 {
+            // read the little-endian bytes into the f32 buffer the tensor will own
+            let mut values = vec![0f32; len / 4];
+            let mut bytes = vec![0u8; len.min(1 << 20)];
+            let mut filled = 0;
+            while filled < values.len() {
+                let n = (values.len() - filled).min(bytes.len() / 4);
+                file.read_exact(&mut bytes[..n * 4])
+                    .map_err(|err| Error::io(path, err))?;
+                for (v, b) in values[filled..filled + n]
+                    .iter_mut()
+                    .zip(bytes.chunks_exact(4))
+                {
+                    *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+                filled += n;
+            }
+            Tensor::from_vec(values, e.shape.as_slice(), device)?
+        } else {
+            let mut bytes = vec![0u8; len];
+            file.read_exact(&mut bytes)
+                .map_err(|err| Error::io(path, err))?;
+            Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)?.to_dtype(DType::F32)?
+        };
+        tensors.insert(e.name, tensor);
+    }
     Ok(LoadedWeights { tensors, meta })
+}
+
+/// One tensor of a safetensors header.
+struct HeaderEntry {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Byte range within the data section.
+    start: u64,
+    end: u64,
+}
+
+struct Header {
+    metadata: HashMap<String, String>,
+    entries: Vec<HeaderEntry>,
+    /// Offset of the data section in the file.
+    data_start: u64,
+}
+
+enum HeaderError {
+    Io(std::io::Error),
+    Bad(String),
+}
+
+/// Reads and checks the header of a safetensors file (an 8-byte little-endian length,
+/// then JSON): every tensor's dtype, shape and byte range, which must lie in the file
+/// and have the size its shape says.
+fn read_header(
+    file: &mut std::fs::File,
+    file_len: u64,
+) -> std::result::Result<Header, HeaderError> {
+    use std::io::Read;
+    let bad = |m: String| HeaderError::Bad(m);
+    if file_len < 8 {
+        return Err(bad(format!(
+            "{file_len} bytes, shorter than the header length"
+        )));
+    }
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(HeaderError::Io)?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || 8 + n > file_len {
+        return Err(bad(format!("header of {n} bytes in a file of {file_len}")));
+    }
+    let mut json = vec![0u8; n as usize];
+    file.read_exact(&mut json).map_err(HeaderError::Io)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let data_start = 8 + n;
+    let data_len = file_len - data_start;
+    let mut metadata = HashMap::new();
+    let mut entries = Vec::with_capacity(obj.len());
+    for (name, v) in obj {
+        if name == "__metadata__" {
+            for (k, v) in v.as_object().into_iter().flatten() {
+                if let Some(s) = v.as_str() {
+                    metadata.insert(k.clone(), s.to_string());
+                }
+            }
+            continue;
+        }
+        let field = |f: &str| v.get(f).ok_or_else(|| bad(format!("{name}: no {f}")));
+        let dtype = match field("dtype")?.as_str() {
+            Some("F32") => DType::F32,
+            Some("F16") => DType::F16,
+            Some("BF16") => DType::BF16,
+            Some("F64") => DType::F64,
+            // integer buffers such as num_batches_tracked
+            Some("I64") => DType::I64,
+            Some("I32") => DType::I32,
+            Some("I16") => DType::I16,
+            Some("U32") => DType::U32,
+            Some("U8") => DType::U8,
+            other => return Err(bad(format!("{name}: dtype {other:?} is not supported"))),
+        };
+        let usizes = |f: &str| -> std::result::Result<Vec<u64>, HeaderError> {
+            field(f)?
+                .as_array()
+                .and_then(|a| a.iter().map(|x| x.as_u64()).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| bad(format!("{name}: {f} is not a list of sizes")))
+        };
+        let shape: Vec<usize> = usizes("shape")?.into_iter().map(|d| d as usize).collect();
+        let offsets = usizes("data_offsets")?;
+        let [start, end] = offsets[..] else {
+            return Err(bad(format!("{name}: data_offsets {offsets:?}")));
+        };
+        let numel = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(|| bad(format!("{name}: shape {shape:?} overflows")))?;
+        let want = numel.checked_mul(dtype.size_in_bytes() as u64);
+        if start > end || end > data_len || want != Some(end - start) {
+            return Err(bad(format!(
+                "{name}: bytes {start}..{end} for shape {shape:?} {dtype:?} in a data section \
+                 of {data_len} bytes (truncated or corrupt)"
+            )));
+        }
+        entries.push(HeaderEntry {
+            name: name.clone(),
+            dtype,
+            shape,
+            start,
+            end,
+        });
+    }
+    Ok(Header {
+        metadata,
+        entries,
+        data_start,
+    })
 }

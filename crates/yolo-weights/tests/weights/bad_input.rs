@@ -169,3 +169,61 @@ fn class_count_override_that_does_not_fit_is_explained() {
     .unwrap_err();
     assert!(err.to_string().contains("80"), "{err}");
 }
+
+/// The canonical loader reads tensor by tensor: mixed dtypes come back as f32 with the
+/// same values, and a cut or inconsistent file is refused naming the file and tensor.
+#[test]
+fn canonical_loader_streams_and_refuses_truncated_files() {
+    use candle_core::{DType, Device};
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let w = Tensor::arange(0f32, 2.0 * 3.0 * 300.0, &dev)
+        .unwrap()
+        .reshape((2, 3, 300))
+        .unwrap();
+    let tensors = HashMap::from([
+        ("a.weight".to_string(), w.clone()),
+        ("a.half".to_string(), w.to_dtype(DType::F16).unwrap()),
+        (
+            "a.num_batches_tracked".to_string(),
+            Tensor::new(7i64, &dev).unwrap(),
+        ),
+    ]);
+    let p = dir.path().join("w.safetensors");
+    let meta = HashMap::from([
+        ("model".to_string(), "yolov3".to_string()),
+        ("backbone".to_string(), "darknet53".to_string()),
+        ("num_classes".to_string(), "80".to_string()),
+    ]);
+    safetensors::serialize_to_file(tensors.iter(), Some(meta), &p).unwrap();
+    let loaded = yolo_weights::load::load_canonical(&p, &dev).unwrap();
+    assert_eq!(loaded.meta.num_classes, 80);
+    assert_eq!(loaded.tensors.len(), 3);
+    for name in ["a.weight", "a.half"] {
+        let t = &loaded.tensors[name];
+        assert_eq!((t.dtype(), t.dims()), (DType::F32, &[2usize, 3, 300][..]));
+        let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        // f16 holds integers up to 2048 exactly
+        assert_eq!(got, want, "{name}");
+    }
+    let n = &loaded.tensors["a.num_batches_tracked"];
+    assert_eq!(n.to_scalar::<f32>().unwrap(), 7.0);
+
+    let bytes = std::fs::read(&p).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let e = yolo_weights::load::load_canonical(&cut, &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cut.safetensors") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
+    let tiny = dir.path().join("tiny.safetensors");
+    std::fs::write(&tiny, [1u8, 2, 3]).unwrap();
+    let e = yolo_weights::load::load_canonical(&tiny, &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tiny.safetensors"), "{e}");
+}
