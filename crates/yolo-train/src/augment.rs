@@ -4,7 +4,7 @@
 
 use image::{Rgb, RgbImage};
 use rand::Rng;
-use yolov3_head::preprocess::resize_bicubic;
+use yolov3_head::preprocess::{resize_bicubic, LetterboxGeometry};
 
 use crate::dataset::AnnBox;
 use crate::loss::TargetBox;
@@ -117,10 +117,9 @@ pub fn letterbox(
 ) -> Result<(RgbImage, Vec<AnnBox>)> {
     let (w, h) = input_wh;
     let (iw, ih) = img.dimensions();
-    let scale = (w as f32 / iw as f32).min(h as f32 / ih as f32);
-    let nw = ((iw as f32 * scale) as u32).max(1);
-    let nh = ((ih as f32 * scale) as u32).max(1);
-    let (dx, dy) = ((w - nw.min(w)) / 2, (h - nh.min(h)) / 2);
+    // the same geometry as inference's letterbox (the reference's dataloader and
+    // resize_image compute it alike)
+    let LetterboxGeometry { nw, nh, dx, dy } = LetterboxGeometry::new((iw, ih), input_wh);
     let resized = resize_bicubic(img, nw, nh)?;
     let out = paste_on_gray(&resized, w, h, dx as i64, dy as i64);
     let b = move_boxes(

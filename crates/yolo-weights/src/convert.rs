@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+use nn_blocks::weights::RecordingBackend;
 use nn_blocks::{make_divisible, DEFAULT_BN_EPS};
 use sha2::{Digest, Sha256};
 use yolov3_head::{BackboneKind, YoloBody};
@@ -358,16 +358,14 @@ fn known_unused(meta: &WeightsMeta, name: &str) -> bool {
             || name.starts_with("backbone.model.classifier."))
 }
 
-type ReadLog = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
-
-/// Answers with the checkpoint's tensor when name and shape fit, zeros otherwise, and
-/// records every request, so one pass finds every missing or misshapen tensor.
-struct CheckBackend {
+/// Answers with the checkpoint's tensor when name and shape fit, zeros of the requested
+/// shape otherwise, so that the model builds whatever is missing; wrapped in nn-blocks'
+/// `RecordingBackend`, one pass then lists every requested name and shape.
+struct ZerosWhereMissing {
     tensors: HashMap<String, Tensor>,
-    log: ReadLog,
 }
 
-impl SimpleBackend for CheckBackend {
+impl SimpleBackend for ZerosWhereMissing {
     fn get(
         &self,
         s: Shape,
@@ -376,9 +374,6 @@ impl SimpleBackend for CheckBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        if let Ok(mut l) = self.log.lock() {
-            l.push((name.to_string(), s.dims().to_vec()));
-        }
         match self.tensors.get(name) {
             Some(t) if t.dims() == s.dims() => t.to_dtype(dtype)?.to_device(dev),
             _ => Tensor::zeros(s, dtype, dev),
@@ -426,14 +421,12 @@ pub fn check_against_model(
     for k in &dropped_unused {
         tensors.remove(k);
     }
-    let log: ReadLog = Arc::default();
-    let backend = CheckBackend {
+    let (backend, log) = RecordingBackend::new(ZerosWhereMissing {
         tensors: tensors
             .iter()
             .map(|(k, t)| (k.clone(), t.clone()))
             .collect(),
-        log: log.clone(),
-    };
+    });
     let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
     match meta.model {
         ModelKind::Yolo => {
@@ -445,7 +438,7 @@ pub fn check_against_model(
             mobilenet_v2::MobileNetV2::new(&cfg, vb)?;
         }
     }
-    let requested = log.lock().map(|l| l.clone()).unwrap_or_default();
+    let requested = log.entries();
     let mut missing = Vec::new();
     let mut shapes = Vec::new();
     let mut matched = 0;
