@@ -44,6 +44,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // activation buffers are recycled by malloc instead of mapped afresh each layer
+    nn_blocks::memory::reuse_freed_buffers();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Summary(args) => summary::run(args),
