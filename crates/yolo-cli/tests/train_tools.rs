@@ -171,21 +171,25 @@ fn voc_annotation_writes_train_and_val() {
     assert!(text(&o.stderr).contains("0005.xml"), "{}", text(&o.stderr));
 }
 
-#[test]
-fn train_and_eval_on_the_cpu() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// Two training and two validation images of 64x64 with one shape each, in `dir/data`.
+fn tiny_synthetic_set(dir: &Path, seed: u64) {
     yolo_train::synthetic::generate(
-        &data,
+        &dir.join("data"),
         &yolo_train::synthetic::SyntheticConfig {
             train: 2,
             val: 2,
             size: 64,
             max_objects: 1,
-            seed: 1,
+            seed,
         },
     )
     .unwrap();
+}
+
+#[test]
+fn train_and_eval_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_synthetic_set(dir.path(), 1);
     let o = cli(dir.path())
         .args([
             "train",
@@ -251,18 +255,7 @@ fn train_and_eval_on_the_cpu() {
 fn ctrl_c_stops_training_keeping_finished_epochs() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    yolo_train::synthetic::generate(
-        &data,
-        &yolo_train::synthetic::SyntheticConfig {
-            train: 2,
-            val: 2,
-            size: 64,
-            max_objects: 1,
-            seed: 2,
-        },
-    )
-    .unwrap();
+    tiny_synthetic_set(dir.path(), 2);
     let anchors = "5,6, 8,9, 10,14, 15,12, 18,20, 22,25, 30,28, 35,40, 50,48\n";
     std::fs::write(dir.path().join("anchors.txt"), anchors).unwrap();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("yolo-cli"))
