@@ -58,16 +58,48 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_message(&err));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes joined by `: `, leaving out a cause whose text the message
+/// already holds (library errors such as `cannot read FILE: {io error}` show their source
+/// themselves), so nothing is said twice.
+fn error_message(err: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Cli;
+    use super::{error_message, Cli};
     use clap::CommandFactory;
+
+    #[test]
+    fn error_causes_are_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let lib = yolov3_head::Error::Io {
+            path: "a.txt".into(),
+            source: io,
+        };
+        let err = anyhow::Error::new(lib).context("--anchors");
+        assert_eq!(
+            error_message(&err),
+            "--anchors: cannot read a.txt: no such file"
+        );
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
