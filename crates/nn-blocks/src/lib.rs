@@ -19,7 +19,7 @@ pub mod conv_fast;
 mod depthwise;
 mod divisible;
 mod error;
-pub mod memory;
+pub mod process;
 pub mod summary;
 #[cfg(test)]
 mod test_util;

@@ -44,8 +44,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // before any thread starts: candle's thread count worked out once, not in every op
+    nn_blocks::process::cache_thread_count();
     // activation buffers are recycled by malloc instead of mapped afresh each layer
-    nn_blocks::memory::reuse_freed_buffers();
+    nn_blocks::process::reuse_freed_buffers();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Summary(args) => summary::run(args),

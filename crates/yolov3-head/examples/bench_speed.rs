@@ -68,9 +68,8 @@ fn peak_rss_mib() -> Option<f64> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     // as yolo-cli does (NN_BLOCKS_REUSE_BUFFERS=0 leaves glibc's defaults, for comparison)
-    if std::env::var("NN_BLOCKS_REUSE_BUFFERS").as_deref() != Ok("0") {
-        nn_blocks::memory::reuse_freed_buffers();
-    }
+    nn_blocks::process::cache_thread_count();
+    nn_blocks::process::reuse_freed_buffers();
     let kind = match args.backbone.as_str() {
         "mobilenetv2" => BackboneKind::MobileNetV2,
         "darknet53" => BackboneKind::Darknet53,
