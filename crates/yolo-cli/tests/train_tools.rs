@@ -210,25 +210,10 @@ fn train_and_eval_on_the_cpu() {
     assert!(stderr.contains(", on cpu"), "{stderr}");
     let weights = dir.path().join("run/last/weights.safetensors");
     assert!(weights.is_file());
-    let o = cli(dir.path())
-        .args(["eval", "--device", "cpu", "--input-size", "64", "--json"])
-        .args([
-            "--annotations",
-            "data/val.txt",
-            "--classes",
-            "data/classes.txt",
-        ])
-        .arg("--weights")
-        .arg(&weights)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(report.get("map50").is_some(), "{report}");
-    // a GPU that is not built in is refused with the flag named
-    if !cfg!(feature = "cuda") {
-        let o = cli(dir.path())
-            .args(["eval", "--device", "cuda", "--input-size", "64"])
+    // `yolo-cli eval` of the run's weights on the validation set, with `extra` flags
+    let eval = |extra: &[&str]| {
+        cli(dir.path())
+            .args(["eval", "--input-size", "64"])
             .args([
                 "--annotations",
                 "data/val.txt",
@@ -237,8 +222,17 @@ fn train_and_eval_on_the_cpu() {
             ])
             .arg("--weights")
             .arg(&weights)
+            .args(extra)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let o = eval(&["--device", "cpu", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report.get("map50").is_some(), "{report}");
+    // a GPU that is not built in is refused with the flag named
+    if !cfg!(feature = "cuda") {
+        let o = eval(&["--device", "cuda"]);
         assert!(!o.status.success());
         assert!(
             text(&o.stderr).contains("--device cuda"),

@@ -122,17 +122,38 @@ pub fn letterbox(
     let LetterboxGeometry { nw, nh, dx, dy } = LetterboxGeometry::new((iw, ih), input_wh);
     let resized = resize_bicubic(img, nw, nh)?;
     let out = paste_on_gray(&resized, w, h, dx as i64, dy as i64);
+    let b = place_boxes(
+        boxes,
+        (iw, ih),
+        (nw, nh),
+        (dx as f32, dy as f32),
+        false,
+        input_wh,
+    );
+    Ok((out, b))
+}
+
+/// `boxes` of an `(iw, ih)` image resized to `(nw, nh)` and pasted at `(dx, dy)` on the
+/// `(w, h)` canvas (mirrored when `flip`): moved, clipped, and the degenerate ones dropped.
+fn place_boxes(
+    boxes: &[AnnBox],
+    (iw, ih): (u32, u32),
+    (nw, nh): (u32, u32),
+    (dx, dy): (f32, f32),
+    flip: bool,
+    (w, h): (u32, u32),
+) -> Vec<AnnBox> {
     let b = move_boxes(
         boxes,
         nw as f32 / iw as f32,
         nh as f32 / ih as f32,
-        dx as f32,
-        dy as f32,
-        false,
+        dx,
+        dy,
+        flip,
         w as f32,
         h as f32,
     );
-    Ok((out, truncate(b)))
+    truncate(b)
 }
 
 /// Training: random aspect and scale, random placement, flip, HSV jitter.
@@ -171,17 +192,15 @@ pub fn random_augment<R: Rng>(
         rand_in(rng, -1.0, 1.0) * cfg.val + 1.0,
     ];
     hsv_jitter(&mut out, r);
-    let b = move_boxes(
+    let b = place_boxes(
         boxes,
-        nw as f32 / iw as f32,
-        nh as f32 / ih as f32,
-        dx as f32,
-        dy as f32,
+        (iw, ih),
+        (nw, nh),
+        (dx as f32, dy as f32),
         flip,
-        w as f32,
-        h as f32,
+        input_wh,
     );
-    Ok((out, truncate(b)))
+    Ok((out, b))
 }
 
 /// Applies the reference's HSV look-up tables with gains `r = [hue, sat, val]`.

@@ -191,6 +191,19 @@ pub fn round_as_get_map_txt(d: &DetBox) -> DetBox {
     }
 }
 
+/// The ground truth of class `c` and its detections by decreasing score (a stable sort:
+/// ties keep their order, as `sorted(..., reverse=True)` and pycocotools' mergesort).
+fn class_boxes<'a>(
+    dets: &'a [DetBox],
+    gts: &'a [GtBox],
+    c: usize,
+) -> (Vec<&'a GtBox>, Vec<&'a DetBox>) {
+    let g = gts.iter().filter(|g| g.class_id == c).collect();
+    let mut d: Vec<&DetBox> = dets.iter().filter(|d| d.class_id == c).collect();
+    d.sort_by(|a, b| b.score.total_cmp(&a.score));
+    (g, d)
+}
+
 /// pycocotools' IoU thresholds, `np.linspace(.5, .95, 10)` to the last bit (`k * step +
 /// .5`, the last one exactly .95): an IoU equal to a threshold counts as a match.
 pub fn coco_iou_thresholds() -> [f64; 10] {
@@ -213,9 +226,7 @@ pub fn coco_ap_at(
 ) -> Vec<Option<f64>> {
     (0..num_classes)
         .map(|c| {
-            let g: Vec<&GtBox> = gts.iter().filter(|g| g.class_id == c).collect();
-            let mut d: Vec<&DetBox> = dets.iter().filter(|d| d.class_id == c).collect();
-            d.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let (g, d) = class_boxes(dets, gts, c);
             (!g.is_empty()).then(|| {
                 let (r, p) = pr_curve(&d, &g, thr, Matching::Coco);
                 coco_ap(&r, &p)
@@ -229,10 +240,7 @@ pub fn evaluate(dets: &[DetBox], gts: &[GtBox], names: &[String]) -> EvalReport 
     let mut classes = Vec::new();
     let (mut s50, mut s5095, mut n) = (0.0, 0.0, 0usize);
     for (c, name) in names.iter().enumerate() {
-        let g: Vec<&GtBox> = gts.iter().filter(|g| g.class_id == c).collect();
-        let mut d: Vec<&DetBox> = dets.iter().filter(|d| d.class_id == c).collect();
-        // stable sort by decreasing score, as `sorted(..., reverse=True)`
-        d.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let (g, d) = class_boxes(dets, gts, c);
         let (ap50, ap5095) = if g.is_empty() {
             (0.0, 0.0)
         } else {

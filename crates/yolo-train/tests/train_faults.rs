@@ -2,34 +2,22 @@
 //! as it was; a run that crashed after epoch 2 and was resumed ends with the same weights,
 //! optimizer state and history as one that ran its 4 epochs straight through.
 
+mod common;
+
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use yolo_train::augment::AugmentConfig;
-use yolo_train::dataset::{load_annotations, BadLinePolicy, Sample};
+use yolo_train::dataset::Sample;
 use yolo_train::optim::OptimizerKind;
-use yolo_train::synthetic::{generate, SyntheticConfig, CLASSES};
+use yolo_train::synthetic::CLASSES;
 use yolo_train::{train, Error, Event, TrainConfig};
 use yolov3_head::{Anchors, BackboneKind};
 
 fn data(dir: &Path, train: usize, val: usize) -> (Vec<Sample>, Vec<Sample>) {
-    let d = dir.join("data");
-    generate(
-        &d,
-        &SyntheticConfig {
-            train,
-            val,
-            size: 64,
-            max_objects: 2,
-            seed: 7,
-        },
-    )
-    .unwrap();
-    let tr = load_annotations(&d.join("train.txt"), 3, BadLinePolicy::Refuse).unwrap();
-    let va = load_annotations(&d.join("val.txt"), 3, BadLinePolicy::Refuse).unwrap();
-    (tr.samples, va.samples)
+    common::synthetic_samples(dir, train, val, 7)
 }
 
 fn config(save_dir: &Path) -> TrainConfig {

@@ -2,30 +2,19 @@
 //! checkpoints, log and plot are written, the weights load for inference, resume
 //! continues, and annotation errors are reported.
 
+mod common;
+
 use candle_core::Device;
-use yolo_train::dataset::{load_annotations, BadLinePolicy};
+
 use yolo_train::optim::OptimizerKind;
-use yolo_train::synthetic::{generate, SyntheticConfig, CLASSES};
+use yolo_train::synthetic::CLASSES;
 use yolo_train::{train, Event, TrainConfig};
 use yolov3_head::{Anchors, BackboneKind};
 
 #[test]
 fn loss_falls_and_checkpoints_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    generate(
-        &data,
-        &SyntheticConfig {
-            train: 4,
-            val: 4,
-            size: 64,
-            max_objects: 2,
-            seed: 5,
-        },
-    )
-    .unwrap();
-    let tr = load_annotations(&data.join("train.txt"), 3, BadLinePolicy::Refuse).unwrap();
-    let va = load_annotations(&data.join("val.txt"), 3, BadLinePolicy::Refuse).unwrap();
+    let (tr, va) = common::synthetic_samples(dir.path(), 4, 4, 5);
     let out = dir.path().join("run");
     let mut cfg = TrainConfig {
         backbone: BackboneKind::MobileNetV2,
@@ -54,17 +43,11 @@ fn loss_falls_and_checkpoints_resume() {
         stop: None,
     };
     let mut step_losses = Vec::new();
-    let hist = train(
-        &cfg,
-        tr.samples.clone(),
-        va.samples.clone(),
-        &Device::Cpu,
-        &mut |e| {
-            if let Event::Step { means, .. } = e {
-                step_losses.push(means[0]);
-            }
-        },
-    )
+    let hist = train(&cfg, tr.clone(), va.clone(), &Device::Cpu, &mut |e| {
+        if let Event::Step { means, .. } = e {
+            step_losses.push(means[0]);
+        }
+    })
     .unwrap();
     assert_eq!(hist.len(), 8);
     let (first, last) = (hist[0].loss, hist[7].loss);
@@ -101,7 +84,7 @@ fn loss_falls_and_checkpoints_resume() {
     // resume: two more epochs continue the history
     cfg.epochs = 10;
     cfg.resume = true;
-    let hist2 = train(&cfg, tr.samples, va.samples, &Device::Cpu, &mut |_| {}).unwrap();
+    let hist2 = train(&cfg, tr, va, &Device::Cpu, &mut |_| {}).unwrap();
     assert_eq!(hist2.len(), 10);
     // the first 8 records come back from the checkpoint (lr through JSON may differ in the last bit)
     for (a, b) in hist2[..8].iter().zip(&hist) {

@@ -275,9 +275,8 @@ pub fn read_safetensors_metadata(bytes: &[u8], path: &Path) -> Result<Safetensor
 /// Opens a canonical safetensors file: tensors (as f32 on `device`) and metadata,
 /// `bn_eps` 1e-5 when absent.
 ///
-/// The file is read one tensor at a time straight into the tensor's own buffer, so that
-/// loading needs the weights' size in memory once (plus one tensor), not twice as reading
-/// the whole file first would.
+/// The file is read one tensor at a time, so that loading needs the weights' size in
+/// memory once (plus one tensor), not twice as reading the whole file first would.
 pub fn load_canonical(path: &Path, device: &Device) -> Result<LoadedWeights> {
     let bad = |detail: String| Error::NotACheckpoint {
         path: path.to_path_buf(),
@@ -302,31 +301,12 @@ pub fn load_canonical(path: &Path, device: &Device) -> Result<LoadedWeights> {
         use std::io::{Read, Seek, SeekFrom};
         file.seek(SeekFrom::Start(header.data_start + e.start))
             .map_err(|err| Error::io(path, err))?;
-        let len = (e.end - e.start) as usize;
-        let tensor = if e.dtype == DType::F32 {
-            // read the little-endian bytes into the f32 buffer the tensor will own
-            let mut values = vec![0f32; len / 4];
-            let mut bytes = vec![0u8; len.min(1 << 20)];
-            let mut filled = 0;
-            while filled < values.len() {
-                let n = (values.len() - filled).min(bytes.len() / 4);
-                file.read_exact(&mut bytes[..n * 4])
-                    .map_err(|err| Error::io(path, err))?;
-                for (v, b) in values[filled..filled + n]
-                    .iter_mut()
-                    .zip(bytes.chunks_exact(4))
-                {
-                    *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
-                filled += n;
-            }
-            Tensor::from_vec(values, e.shape.as_slice(), device)?
-        } else {
-            let mut bytes = vec![0u8; len];
-            file.read_exact(&mut bytes)
-                .map_err(|err| Error::io(path, err))?;
-            Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)?.to_dtype(DType::F32)?
-        };
+        // one tensor's bytes at a time: the whole file is never in memory twice
+        let mut bytes = vec![0u8; (e.end - e.start) as usize];
+        file.read_exact(&mut bytes)
+            .map_err(|err| Error::io(path, err))?;
+        let tensor =
+            Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)?.to_dtype(DType::F32)?;
         tensors.insert(e.name, tensor);
     }
     Ok(LoadedWeights { tensors, meta })

@@ -34,17 +34,20 @@ impl TakingBackend {
         VarBuilder::from_backend(Box::new(Self::new(tensors)), dtype, device.clone())
     }
 
-    fn take(&self, name: &str) -> Result<Tensor> {
-        self.tensors
-            .lock()
-            .expect("weights map lock")
-            .remove(name)
-            .ok_or_else(|| {
-                candle_core::Error::CannotFindTensor {
-                    path: name.to_string(),
-                }
-                .bt()
-            })
+    /// Removes `name` (`take`) or clones it out, failing as candle's backends do when absent.
+    fn lookup(&self, name: &str, take: bool) -> Result<Tensor> {
+        let mut map = self.tensors.lock().expect("weights map lock");
+        let found = if take {
+            map.remove(name)
+        } else {
+            map.get(name).cloned()
+        };
+        found.ok_or_else(|| {
+            candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt()
+        })
     }
 }
 
@@ -57,7 +60,7 @@ impl SimpleBackend for TakingBackend {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor> {
-        let tensor = self.take(name)?;
+        let tensor = self.lookup(name, true)?;
         if tensor.shape() != &s {
             Err(candle_core::Error::UnexpectedShape {
                 msg: format!("shape mismatch for {name}"),
@@ -70,19 +73,7 @@ impl SimpleBackend for TakingBackend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let tensor = self
-            .tensors
-            .lock()
-            .expect("weights map lock")
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
-                candle_core::Error::CannotFindTensor {
-                    path: name.to_string(),
-                }
-                .bt()
-            })?;
-        tensor.to_device(dev)?.to_dtype(dtype)
+        self.lookup(name, false)?.to_device(dev)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
