@@ -55,6 +55,12 @@ fn main() -> candle_core::Result<()> {
         (1024, 13, 512, 1, 1),
         (1024, 13, 255, 1, 1),
         (384, 52, 128, 1, 1),
+        // MobileNetV2's pointwise convolutions: few channels, large images.
+        (16, 208, 96, 1, 1),
+        (96, 104, 24, 1, 1),
+        (24, 104, 144, 1, 1),
+        (32, 52, 192, 1, 1),
+        (192, 52, 32, 1, 1),
     ];
     println!("layer                        fast ms  GFLOP/s   candle ms  GFLOP/s");
     for (i, (cin, side, cout, k, s)) in layers.into_iter().enumerate() {
