@@ -312,9 +312,9 @@ impl Module for ConvBnAct {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_abs_diff;
     use crate::weights::SyntheticWeights;
     use candle_core::{DType, Device};
+    use test_support::max_abs_diff;
 
     fn block(mode: BnMode, act: Activation, groups: usize) -> ConvBnAct {
         let vb = VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, Device::Cpu);

@@ -821,8 +821,8 @@ pub fn bias_act_owned(y: Tensor, bias: Option<&Tensor>, activation: Activation) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{max_abs, max_abs_diff};
     use candle_core::Device;
+    use test_support::{max_abs, max_abs_diff};
 
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         max_abs_diff(a, b) / max_abs(b).max(1e-6)

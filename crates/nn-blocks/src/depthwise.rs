@@ -264,8 +264,8 @@ pub fn depthwise_conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_abs_diff;
     use candle_core::{Device, Var};
+    use test_support::max_abs_diff;
 
     fn inputs(b: usize, c: usize, h: usize, w: usize, k: usize) -> (Tensor, Tensor) {
         let dev = Device::Cpu;

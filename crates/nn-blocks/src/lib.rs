@@ -21,8 +21,6 @@ mod divisible;
 mod error;
 pub mod process;
 pub mod summary;
-#[cfg(test)]
-mod test_util;
 pub mod weights;
 
 pub use backbone::{Backbone, FeatureChannels};

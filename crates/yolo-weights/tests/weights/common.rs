@@ -44,17 +44,4 @@ pub fn synthetic(keys: &[(String, Vec<usize>)]) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-/// Largest absolute difference of two tensors.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+pub use test_support::max_abs_diff;
