@@ -152,22 +152,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let input_wh = parse_size(&args.input_size).context("--input-size")?;
     let device = select_device(args.device)?;
-    let adam = args.optimizer == OptimizerKind::Adam;
+    let base = TrainConfig::new(args.backbone, names.names().to_vec(), args.save_dir.clone())
+        .with_optimizer(args.optimizer);
     let cfg = TrainConfig {
-        backbone: args.backbone,
-        class_names: names.names().to_vec(),
         input_wh,
         anchors: crate::model::resolve_anchors(args.anchors.as_deref())?,
         epochs: args.epochs,
         freeze_epochs: args.freeze_epochs,
         freeze_batch: args.freeze_batch,
         batch: args.batch,
-        optimizer: args.optimizer,
-        init_lr: args.lr.unwrap_or(if adam { 1e-3 } else { 1e-2 }),
-        min_lr_ratio: 0.01,
-        momentum: 0.937,
-        weight_decay: args.weight_decay.unwrap_or(if adam { 0.0 } else { 5e-4 }),
-        save_dir: args.save_dir.clone(),
+        init_lr: args.lr.unwrap_or(base.init_lr),
+        weight_decay: args.weight_decay.unwrap_or(base.weight_decay),
         save_period: args.save_period,
         eval_period: args.eval_period,
         seed: args.seed,
@@ -178,6 +173,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
         max_steps: args.max_steps,
         fit_lr_to_batch: !args.no_lr_fit,
         stop: Some(stop_on_ctrl_c()?),
+        ..base
     };
     eprintln!(
         "training {} ({} classes) at {}x{} on {} images, validating on {}, on {}",

@@ -86,6 +86,57 @@ pub struct TrainConfig {
     pub stop: Option<Arc<AtomicBool>>,
 }
 
+impl TrainConfig {
+    /// The reference's `train.py` settings for `backbone` and `class_names`, saving to
+    /// `save_dir`: 416x416 input, the YOLOv3 anchors, 300 epochs of which the first 50
+    /// with the backbone frozen (batch 16 frozen, 8 after), SGD ([`Self::with_optimizer`]
+    /// switches), a checkpoint and an evaluation every 10 epochs, augmentation on, seed
+    /// 11, the learning rate fitted to the batch size.
+    pub fn new(
+        backbone: BackboneKind,
+        class_names: Vec<String>,
+        save_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            backbone,
+            class_names,
+            input_wh: (416, 416),
+            anchors: Anchors::yolov3(),
+            epochs: 300,
+            freeze_epochs: 50,
+            freeze_batch: 16,
+            batch: 8,
+            optimizer: OptimizerKind::Sgd,
+            init_lr: 1e-2,
+            min_lr_ratio: 0.01,
+            momentum: 0.937,
+            weight_decay: 5e-4,
+            save_dir: save_dir.into(),
+            save_period: 10,
+            eval_period: 10,
+            seed: 11,
+            augment: Some(AugmentConfig::default()),
+            weights: None,
+            pretrained_backbone: None,
+            resume: false,
+            max_steps: None,
+            fit_lr_to_batch: true,
+            stop: None,
+        }
+    }
+
+    /// Uses `optimizer` with the reference's learning rate and weight decay for it:
+    /// `Init_lr` 1e-2 and weight decay 5e-4 for SGD, 1e-3 and 0 for Adam.
+    pub fn with_optimizer(mut self, optimizer: OptimizerKind) -> Self {
+        self.optimizer = optimizer;
+        (self.init_lr, self.weight_decay) = match optimizer {
+            OptimizerKind::Sgd => (1e-2, 5e-4),
+            OptimizerKind::Adam => (1e-3, 0.0),
+        };
+        self
+    }
+}
+
 /// What the loop reports to its caller (the CLI draws the progress bar from these).
 #[derive(Debug, Clone)]
 pub enum Event {

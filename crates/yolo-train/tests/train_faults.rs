@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use yolo_train::augment::AugmentConfig;
+use test_support::max_abs_diff_maps;
 use yolo_train::dataset::Sample;
 use yolo_train::optim::OptimizerKind;
 use yolo_train::synthetic::CLASSES;
@@ -21,31 +21,19 @@ fn data(dir: &Path, train: usize, val: usize) -> (Vec<Sample>, Vec<Sample>) {
 }
 
 fn config(save_dir: &Path) -> TrainConfig {
+    let classes = CLASSES.iter().map(|s| s.to_string()).collect();
     TrainConfig {
-        backbone: BackboneKind::MobileNetV2,
-        class_names: CLASSES.iter().map(|s| s.to_string()).collect(),
         input_wh: (64, 64),
-        anchors: Anchors::yolov3(),
         epochs: 4,
         freeze_epochs: 1,
         freeze_batch: 2,
         batch: 2,
-        optimizer: OptimizerKind::Adam,
-        init_lr: 1e-3,
-        min_lr_ratio: 0.01,
-        momentum: 0.937,
-        weight_decay: 0.0,
-        save_dir: save_dir.to_path_buf(),
         save_period: 0,
         eval_period: 0,
         seed: 3,
-        augment: Some(AugmentConfig::default()),
-        weights: None,
-        pretrained_backbone: None,
-        resume: false,
-        max_steps: None,
         fit_lr_to_batch: false,
-        stop: None,
+        ..TrainConfig::new(BackboneKind::MobileNetV2, classes, save_dir)
+            .with_optimizer(OptimizerKind::Adam)
     }
 }
 
@@ -64,31 +52,6 @@ fn files(dir: &Path) -> HashMap<String, Vec<u8>> {
 
 fn tensors(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-/// Largest absolute difference between same-named tensors (the names must agree).
-fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f64 {
-    let mut ka: Vec<_> = a.keys().collect();
-    let mut kb: Vec<_> = b.keys().collect();
-    ka.sort();
-    kb.sort();
-    assert_eq!(ka, kb);
-    let mut m = 0f64;
-    for (k, ta) in a {
-        let d = (ta.to_dtype(candle_core::DType::F64).unwrap()
-            - b[k].to_dtype(candle_core::DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-        m = m.max(d);
-    }
-    m
 }
 
 #[test]
@@ -178,11 +141,11 @@ fn resumed_run_matches_an_uninterrupted_one() {
             x.epoch
         );
     }
-    let dw = max_diff(
+    let dw = max_abs_diff_maps(
         &tensors(&a.join("last/weights.safetensors")),
         &tensors(&b.join("last/weights.safetensors")),
     );
-    let dopt = max_diff(
+    let dopt = max_abs_diff_maps(
         &tensors(&a.join("last/optimizer.safetensors")),
         &tensors(&b.join("last/optimizer.safetensors")),
     );
@@ -203,8 +166,8 @@ fn the_seed_fixes_the_initial_model() {
             .collect()
     };
     let (a, b, c) = (dump(5), dump(5), dump(6));
-    assert_eq!(max_diff(&a, &b), 0.0);
-    assert!(max_diff(&a, &c) > 0.0);
+    assert_eq!(max_abs_diff_maps(&a, &b), 0.0);
+    assert!(max_abs_diff_maps(&a, &c) > 0.0);
     // conv biases (the head's last convs) within PyTorch's default bound, BN biases zero
     let bias = a["last_layer0.6.bias"].to_vec1::<f32>().unwrap();
     let bound = 1.0 / (a["last_layer0.6.weight"].dims()[1] as f32).sqrt();

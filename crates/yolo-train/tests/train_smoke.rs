@@ -9,38 +9,28 @@ use candle_core::Device;
 use yolo_train::optim::OptimizerKind;
 use yolo_train::synthetic::CLASSES;
 use yolo_train::{train, Event, TrainConfig};
-use yolov3_head::{Anchors, BackboneKind};
+use yolov3_head::BackboneKind;
 
 #[test]
 fn loss_falls_and_checkpoints_resume() {
     let dir = tempfile::tempdir().unwrap();
     let (tr, va) = common::synthetic_samples(dir.path(), 4, 4, 5);
     let out = dir.path().join("run");
+    let classes = CLASSES.iter().map(|s| s.to_string()).collect();
     let mut cfg = TrainConfig {
-        backbone: BackboneKind::MobileNetV2,
-        class_names: CLASSES.iter().map(|s| s.to_string()).collect(),
         input_wh: (64, 64),
-        anchors: Anchors::yolov3(),
         epochs: 8,
         freeze_epochs: 0,
         freeze_batch: 4,
         batch: 4,
-        optimizer: OptimizerKind::Adam,
         init_lr: 5e-3,
-        min_lr_ratio: 0.01,
-        momentum: 0.937,
-        weight_decay: 0.0,
-        save_dir: out.clone(),
         save_period: 0,
         eval_period: 0,
         seed: 1,
         augment: None,
-        weights: None,
-        pretrained_backbone: None,
-        resume: false,
-        max_steps: None,
         fit_lr_to_batch: false,
-        stop: None,
+        ..TrainConfig::new(BackboneKind::MobileNetV2, classes, &out)
+            .with_optimizer(OptimizerKind::Adam)
     };
     let mut step_losses = Vec::new();
     let hist = train(&cfg, tr.clone(), va.clone(), &Device::Cpu, &mut |e| {
