@@ -197,12 +197,7 @@ pub fn convert_file(path: &Path, opts: &ConvertOptions) -> Result<Converted> {
             convert_tensors(tensors, naming, format, opts, &format!("pth {file}"))
         }
         SourceFormat::Safetensors => {
-            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            let (meta, _) = crate::load::read_safetensors_metadata(&bytes, path)?;
-            let mut tensors: Vec<(String, Tensor)> =
-                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?
-                    .into_iter()
-                    .collect();
+            let (meta, mut tensors) = crate::load::read_safetensors(path, &Device::Cpu)?;
             tensors.sort_by(|a, b| a.0.cmp(&b.0));
             let naming = detect_naming(&tensors);
             let mut opts = opts.clone();

@@ -250,66 +250,94 @@ impl LoadedWeights {
     }
 }
 
-/// The `__metadata__` map and the tensor shapes of a safetensors file.
-pub type SafetensorsHeader = (HashMap<String, String>, HashMap<String, Vec<usize>>);
-
-/// Reads the metadata of a safetensors file from its bytes.
-pub fn read_safetensors_metadata(bytes: &[u8], path: &Path) -> Result<SafetensorsHeader> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::NotACheckpoint {
-        path: path.to_path_buf(),
-        detail: format!(": bad safetensors ({e})"),
-    })?;
-    let shapes = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec()))
-        .collect();
-    let (_, m) =
-        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::NotACheckpoint {
-            path: path.to_path_buf(),
-            detail: format!(": bad safetensors ({e})"),
-        })?;
-    Ok((m.metadata().clone().unwrap_or_default(), shapes))
-}
-
 /// Opens a canonical safetensors file: tensors (as f32 on `device`) and metadata,
 /// `bn_eps` 1e-5 when absent.
 ///
 /// The file is read one tensor at a time, so that loading needs the weights' size in
 /// memory once (plus one tensor), not twice as reading the whole file first would.
 pub fn load_canonical(path: &Path, device: &Device) -> Result<LoadedWeights> {
-    let bad = |detail: String| Error::NotACheckpoint {
-        path: path.to_path_buf(),
-        detail: format!(": bad safetensors ({detail})"),
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let header = read_header(&mut file, file_len).map_err(|e| match e {
-        HeaderError::Io(e) => Error::io(path, e),
-        HeaderError::Bad(m) => bad(m),
-    })?;
-    let shapes = header
-        .entries
-        .iter()
-        .map(|e| (e.name.clone(), e.shape.clone()))
+    let file = SafetensorsFile::open(path)?;
+    // The metadata is checked before any tensor is read.
+    let meta = WeightsMeta::from_metadata(&file.header.metadata, &file.shapes(), path)?;
+    let tensors = file
+        .read_tensors(device, |t| t.to_dtype(DType::F32))?
+        .into_iter()
         .collect();
-    let meta = WeightsMeta::from_metadata(&header.metadata, &shapes, path)?;
-    let mut entries = header.entries;
-    entries.sort_by_key(|e| e.start);
-    let mut tensors = HashMap::with_capacity(entries.len());
-    for e in entries {
-        use std::io::{Read, Seek, SeekFrom};
-        file.seek(SeekFrom::Start(header.data_start + e.start))
-            .map_err(|err| Error::io(path, err))?;
-        // one tensor's bytes at a time: the whole file is never in memory twice
-        let mut bytes = vec![0u8; (e.end - e.start) as usize];
-        file.read_exact(&mut bytes)
-            .map_err(|err| Error::io(path, err))?;
-        let tensor =
-            Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)?.to_dtype(DType::F32)?;
-        tensors.insert(e.name, tensor);
-    }
     Ok(LoadedWeights { tensors, meta })
+}
+
+/// A safetensors file's `__metadata__` map and its named tensors.
+pub type SafetensorsContents = (HashMap<String, String>, Vec<(String, Tensor)>);
+
+/// Reads any safetensors file one tensor at a time: its `__metadata__` map and its
+/// tensors (in their stored dtypes, on `device`), in the order they are stored. The
+/// header is checked first: a truncated or corrupt file is refused, naming the tensor.
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<SafetensorsContents> {
+    let file = SafetensorsFile::open(path)?;
+    let metadata = file.header.metadata.clone();
+    Ok((metadata, file.read_tensors(device, Ok)?))
+}
+
+/// An open safetensors file whose header has been read and checked.
+struct SafetensorsFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    header: Header,
+}
+
+impl SafetensorsFile {
+    /// Opens `path` and reads its header.
+    fn open(path: &Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let header = read_header(&mut file, file_len).map_err(|e| match e {
+            HeaderError::Io(e) => Error::io(path, e),
+            HeaderError::Bad(m) => Error::NotACheckpoint {
+                path: path.to_path_buf(),
+                detail: format!(": bad safetensors ({m})"),
+            },
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            header,
+        })
+    }
+
+    /// Tensor shapes by name.
+    fn shapes(&self) -> HashMap<String, Vec<usize>> {
+        let entries = self.header.entries.iter();
+        entries.map(|e| (e.name.clone(), e.shape.clone())).collect()
+    }
+
+    /// Reads every tensor, in file order, passing each through `convert` as soon as it
+    /// is read.
+    fn read_tensors(
+        self,
+        device: &Device,
+        convert: impl Fn(Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Self {
+            path,
+            mut file,
+            header,
+        } = self;
+        let mut entries = header.entries;
+        entries.sort_by_key(|e| e.start);
+        let mut tensors = Vec::with_capacity(entries.len());
+        for e in entries {
+            file.seek(SeekFrom::Start(header.data_start + e.start))
+                .map_err(|err| Error::io(&path, err))?;
+            // one tensor's bytes at a time: the whole file is never in memory twice
+            let mut bytes = vec![0u8; (e.end - e.start) as usize];
+            file.read_exact(&mut bytes)
+                .map_err(|err| Error::io(&path, err))?;
+            let tensor = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)?;
+            tensors.push((e.name, convert(tensor)?));
+        }
+        Ok(tensors)
+    }
 }
 
 /// One tensor of a safetensors header.
