@@ -62,9 +62,28 @@ pub fn fast_conv_enabled() -> bool {
     })
 }
 
+/// Whether 3x3 stride-1 convolutions with at least [`WINOGRAD_MIN_POSITIONS`] output
+/// positions and [`WINOGRAD_MIN_CHANNELS`] input channels run Winograd's F(2x2, 3x3) ([`crate::winograd`];
+/// `NN_BLOCKS_WINOGRAD=0` turns it off; read once per process).
+pub fn winograd_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("NN_BLOCKS_WINOGRAD")
+            .map(|v| v.trim() != "0")
+            .unwrap_or(true)
+    })
+}
+
+/// Smallest output (H * W) that takes the Winograd path: at 26x26 and below the
+/// filter transform (done at every call) costs as much as the GEMMs save.
+pub const WINOGRAD_MIN_POSITIONS: usize = 52 * 52;
+/// Fewest input channels that take the Winograd path: with fewer, the GEMMs are too
+/// shallow and the input transform dominates (the 3-channel first layer).
+pub const WINOGRAD_MIN_CHANNELS: usize = 16;
+
 /// The activation as the output pass applies it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Epilogue {
+pub(crate) enum Epilogue {
     Identity,
     Relu6,
     Leaky(f32),
@@ -83,7 +102,7 @@ impl From<Activation> for Epilogue {
 impl Epilogue {
     /// `row[i] = act(row[i] + bias)`, written so that it vectorises.
     #[inline]
-    fn apply(self, row: &mut [f32], bias: f32) {
+    pub(crate) fn apply(self, row: &mut [f32], bias: f32) {
         match self {
             Epilogue::Identity => row.iter_mut().for_each(|v| *v += bias),
             Epilogue::Relu6 => row
@@ -208,14 +227,14 @@ impl Geom {
 /// A raw pointer shared by the workers of one convolution (see the SAFETY notes where
 /// it is dereferenced).
 #[derive(Clone, Copy)]
-struct SharedPtr<T>(*mut T);
+pub(crate) struct SharedPtr<T>(pub(crate) *mut T);
 // SAFETY: the workers that share one write disjoint elements and only read the rest.
 unsafe impl<T> Send for SharedPtr<T> {}
 unsafe impl<T> Sync for SharedPtr<T> {}
 
 impl<T> SharedPtr<T> {
     /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -236,7 +255,7 @@ pub fn pool_threads() -> usize {
 }
 
 /// Runs `f(i)` for `i in 0..n` on candle's worker pool, or inline with one thread.
-fn parallel_for(threads: usize, n: usize, f: impl Fn(usize) + Sync) {
+pub(crate) fn parallel_for(threads: usize, n: usize, f: impl Fn(usize) + Sync) {
     if threads <= 1 || n <= 1 {
         (0..n).for_each(f);
     } else {
@@ -520,13 +539,29 @@ impl CustomOp3 for DenseConv {
         // (B, C_out, OH, OW), left uninitialised: conv_into writes every element.
         let len = b * cout * g.positions();
         let mut out: Vec<f32> = Vec::with_capacity(len);
-        conv_into(
-            &g,
-            &ops,
-            self.act,
-            &mut out.spare_capacity_mut()[..len],
-            pool_threads(),
-        );
+        let winograd = (kh, kw, self.stride, self.pad) == (3, 3, 1, 1)
+            && g.positions() >= WINOGRAD_MIN_POSITIONS
+            && cin >= WINOGRAD_MIN_CHANNELS
+            && winograd_enabled();
+        if winograd {
+            let conv = crate::winograd::Conv3x3 { b, cin, cout, h, w };
+            conv.run(
+                ops.x,
+                ops.w,
+                ops.bias,
+                self.act,
+                &mut out.spare_capacity_mut()[..len],
+                pool_threads(),
+            );
+        } else {
+            conv_into(
+                &g,
+                &ops,
+                self.act,
+                &mut out.spare_capacity_mut()[..len],
+                pool_threads(),
+            );
+        }
         // SAFETY: conv_into initialised all `len` elements.
         unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((b, cout, g.oh, g.ow))))
@@ -855,6 +890,10 @@ mod tests {
         // Narrow tiles: the output channels are split over the threads instead.
         (1, 256, 26, 26, 40, 3, 1, 1),
         (2, 100, 13, 13, 70, 3, 1, 1),
+        // Winograd (3x3, stride 1, at least 52x52 outputs, 16 channels): odd sides,
+        // batch 2; several bands of patch rows.
+        (2, 17, 53, 61, 7, 3, 1, 1),
+        (1, 64, 64, 100, 200, 3, 1, 1),
     ];
 
     #[test]

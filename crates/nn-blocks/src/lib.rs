@@ -22,6 +22,7 @@ mod error;
 pub mod process;
 pub mod summary;
 pub mod weights;
+mod winograd;
 
 pub use backbone::{Backbone, FeatureChannels};
 pub use conv_bn::{Activation, BnMode, ConvBnAct, ConvBnConfig, DEFAULT_BN_EPS};
