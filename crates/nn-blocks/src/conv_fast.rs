@@ -76,9 +76,10 @@ pub fn winograd_enabled() -> bool {
     })
 }
 
-/// Smallest output (H * W) that takes the Winograd path: at 26x26 and below the
-/// filter transform (done at every call) costs as much as the GEMMs save.
-pub const WINOGRAD_MIN_POSITIONS: usize = 52 * 52;
+/// Smallest output (H * W) that takes the Winograd path: at 13x13 the 16 GEMMs are
+/// too narrow (49 patches) and transforming the filters at every call costs more than
+/// it saves.
+pub const WINOGRAD_MIN_POSITIONS: usize = 26 * 26;
 /// Fewest input channels that take the Winograd path: with fewer, the GEMMs are too
 /// shallow and the input transform dominates (the 3-channel first layer).
 pub const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -892,7 +893,7 @@ mod tests {
         // Narrow tiles: the output channels are split over the threads instead.
         (1, 256, 26, 26, 40, 3, 1, 1),
         (2, 100, 13, 13, 70, 3, 1, 1),
-        // Winograd (3x3, stride 1, at least 52x52 outputs, 16 channels): odd sides,
+        // Winograd (3x3, stride 1, at least 26x26 outputs, 16 channels): odd sides,
         // batch 2; several bands of patch rows.
         (2, 17, 53, 61, 7, 3, 1, 1),
         (1, 64, 64, 100, 200, 3, 1, 1),

@@ -77,8 +77,10 @@ impl Conv3x3 {
         // Bands of whole patch rows, V (16, C_in, band) and M (16, C_out, band) within
         // the budget.
         let rows_per_band = (BAND_BUDGET / (16 * (cin + cout) * tw).max(1)).clamp(1, th);
-        let mut v = vec![0f32; 16 * cin * rows_per_band * tw];
-        let mut m = vec![0f32; 16 * cout * rows_per_band * tw];
+        // Left uninitialised: each band writes all of V before the GEMMs read it, and
+        // the GEMMs (beta = 0) all of M before the output transform reads it.
+        let mut v = uninit(16 * cin * rows_per_band * tw);
+        let mut m = uninit(16 * cout * rows_per_band * tw);
         let out = SharedPtr(out.as_mut_ptr().cast::<f32>());
         for img in 0..self.b {
             let x = &x[img * cin * h * wd..(img + 1) * cin * h * wd];
@@ -86,9 +88,12 @@ impl Conv3x3 {
             while ty0 < th {
                 let rows = rows_per_band.min(th - ty0);
                 let t = rows * tw;
-                self.transform_input(x, ty0, rows, &mut v[..16 * cin * t], threads);
+                let (vp, mp) = (
+                    SharedPtr(v.as_mut_ptr().cast::<f32>()),
+                    SharedPtr(m.as_mut_ptr().cast::<f32>()),
+                );
+                self.transform_input(x, ty0, rows, vp, threads);
                 // 16 GEMMs: M[ξ] (C_out x t) = U[ξ] (C_out x C_in) · V[ξ] (C_in x t).
-                let (vp, mp) = (SharedPtr(v.as_mut_ptr()), SharedPtr(m.as_mut_ptr()));
                 parallel_for(threads, 16, |xi| {
                     // SAFETY: task ξ alone writes M[ξ]; U and V are only read.
                     unsafe {
@@ -100,9 +105,10 @@ impl Conv3x3 {
                             1,
                             t as isize,
                             false,
-                            u.as_ptr().add(xi * cout * cin),
+                            // U is (C_out, 16, C_in): U[ξ] has row stride 16 * C_in.
+                            u.as_ptr().add(xi * cin).cast::<f32>(),
                             1,
-                            cin as isize,
+                            (16 * cin) as isize,
                             vp.get().add(xi * cin * t),
                             1,
                             t as isize,
@@ -118,19 +124,28 @@ impl Conv3x3 {
                 // SAFETY: image img's output; the band's rows are written by
                 // transform_output alone.
                 let dst = unsafe { out.get().add(img * cout * h * wd) };
-                self.transform_output(&m[..16 * cout * t], ty0, rows, bias, act, dst, threads);
+                // SAFETY: the GEMMs wrote all of M[..16 * C_out * t].
+                let m = unsafe { std::slice::from_raw_parts(mp.get(), 16 * cout * t) };
+                self.transform_output(m, ty0, rows, bias, act, dst, threads);
                 ty0 += rows;
             }
         }
     }
 
     /// `V[ξ][ci][t] = (Bᵀ d B)[ξ]` for the patches of patch rows `ty0..ty0 + rows` of
-    /// one image `x` (C_in, H, W); `v` is (16, C_in, rows * tw).
-    fn transform_input(&self, x: &[f32], ty0: usize, rows: usize, v: &mut [f32], threads: usize) {
+    /// one image `x` (C_in, H, W); `vp` points to V, (16, C_in, rows * tw), all of which
+    /// is written.
+    fn transform_input(
+        &self,
+        x: &[f32],
+        ty0: usize,
+        rows: usize,
+        vp: SharedPtr<f32>,
+        threads: usize,
+    ) {
         let (h, w, cin) = (self.h, self.w, self.cin);
         let (_, tw) = self.tiles();
         let t = rows * tw;
-        let vp = SharedPtr(v.as_mut_ptr());
         parallel_for(threads, cin, |ci| {
             let plane = &x[ci * h * w..(ci + 1) * h * w];
             // Input row iy with a zero column on the left (padding) and zeros past W:
@@ -253,11 +268,23 @@ impl Conv3x3 {
     }
 }
 
-/// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for the filters `w` (C_out, C_in, 3, 3).
-fn transform_filters(w: &[f32], cout: usize, cin: usize, threads: usize) -> Vec<f32> {
-    let mut u = vec![0f32; 16 * cout * cin];
-    let up = SharedPtr(u.as_mut_ptr());
+/// Vec of `len` floats left uninitialised (every user writes them all before reading).
+fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `U[co][ξ][ci] = (G g Gᵀ)[ξ]` for the filters `w` (C_out, C_in, 3, 3): laid out
+/// (C_out, 16, C_in) so that each output channel's 16 rows are written together
+/// (U[ξ] is then a matrix of row stride 16 * C_in).
+fn transform_filters(w: &[f32], cout: usize, cin: usize, threads: usize) -> Vec<MaybeUninit<f32>> {
+    let mut u = uninit(16 * cout * cin);
+    let up = SharedPtr(u.as_mut_ptr().cast::<f32>());
     parallel_for(threads, cout, |co| {
+        // SAFETY: task co alone writes U[co], 16 * C_in floats, all of them.
+        let uc = unsafe { std::slice::from_raw_parts_mut(up.get().add(co * 16 * cin), 16 * cin) };
         for ci in 0..cin {
             let g = &w[(co * cin + ci) * 9..][..9];
             // G g: 4x3.
@@ -274,8 +301,7 @@ fn transform_filters(w: &[f32], cout: usize, cin: usize, threads: usize) -> Vec<
                 let (a, b, c) = (row[0], row[1], row[2]);
                 let vals = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
                 for (j, v) in vals.into_iter().enumerate() {
-                    // SAFETY: task co alone writes U[*][co].
-                    unsafe { *up.get().add(((i * 4 + j) * cout + co) * cin + ci) = v };
+                    uc[(i * 4 + j) * cin + ci] = v;
                 }
             }
         }
