@@ -18,6 +18,11 @@
 //! pool (see [`pool_threads`]). GEMMs come from the `gemm` crate, the one candle itself
 //! uses (its AVX2/FMA kernels: its AVX-512 ones need a nightly compiler).
 //!
+//! 3x3 stride-1 convolutions with at least [`WINOGRAD_MIN_POSITIONS`] outputs and
+//! [`WINOGRAD_MIN_CHANNELS`] input channels take Winograd's F(2x2, 3x3) instead
+//! (`crate::winograd`: 16 GEMMs, 2.25x fewer multiply-adds; `NN_BLOCKS_WINOGRAD=0`
+//! turns it off).
+//!
 //! [`depthwise_conv2d_bias_act`] does the same for 3x3 depthwise convolutions (stride 1
 //! or 2, padding 1): one row kernel that sums the nine taps in registers and applies the
 //! bias and activation in the same pass.
