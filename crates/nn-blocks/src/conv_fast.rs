@@ -70,8 +70,8 @@ pub fn fast_conv_enabled() -> bool {
 }
 
 /// Whether 3x3 stride-1 convolutions with at least [`WINOGRAD_MIN_POSITIONS`] output
-/// positions and [`WINOGRAD_MIN_CHANNELS`] input channels run Winograd's F(2x2, 3x3) ([`crate::winograd`];
-/// `NN_BLOCKS_WINOGRAD=0` turns it off; read once per process).
+/// positions and [`WINOGRAD_MIN_CHANNELS`] input channels run Winograd's F(2x2, 3x3)
+/// (`NN_BLOCKS_WINOGRAD=0` turns it off; read once per process).
 pub fn winograd_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
