@@ -38,36 +38,10 @@ mod kernels {
         let (a, b) = (_mm512_set1_ps(0.9999), _mm512_set1_ps(1e-4));
         let [mut x0, mut x1, mut x2, mut x3, mut x4, mut x5, mut x6, mut x7, mut x8, mut x9, mut x10, mut x11, mut x12, mut x13, mut x14, mut x15, mut x16, mut x17, mut x18, mut x19, mut x20, mut x21, mut x22, mut x23] =
             z;
-        chains!(
-            steps,
-            _mm512_fmadd_ps,
-            a,
-            b,
-            x0,
-            x1,
-            x2,
-            x3,
-            x4,
-            x5,
-            x6,
-            x7,
-            x8,
-            x9,
-            x10,
-            x11,
-            x12,
-            x13,
-            x14,
-            x15,
-            x16,
-            x17,
-            x18,
-            x19,
-            x20,
-            x21,
-            x22,
-            x23
-        );
+        #[rustfmt::skip]
+        chains!(steps, _mm512_fmadd_ps, a, b,
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11,
+            x12, x13, x14, x15, x16, x17, x18, x19, x20, x21, x22, x23);
         [
             x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15, x16, x17, x18,
             x19, x20, x21, x22, x23,
@@ -84,24 +58,8 @@ mod kernels {
         let (a, b) = (_mm256_set1_ps(0.9999), _mm256_set1_ps(1e-4));
         let [mut x0, mut x1, mut x2, mut x3, mut x4, mut x5, mut x6, mut x7, mut x8, mut x9, mut x10, mut x11] =
             z;
-        chains!(
-            steps,
-            _mm256_fmadd_ps,
-            a,
-            b,
-            x0,
-            x1,
-            x2,
-            x3,
-            x4,
-            x5,
-            x6,
-            x7,
-            x8,
-            x9,
-            x10,
-            x11
-        );
+        #[rustfmt::skip]
+        chains!(steps, _mm256_fmadd_ps, a, b, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11);
         let sum = [x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11]
             .iter()
             .fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));

@@ -62,11 +62,7 @@ const TILE_ALIGN: usize = 16;
 /// read once per process).
 pub fn fast_conv_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("NN_BLOCKS_FAST_CONV")
-            .map(|v| v.trim() != "0")
-            .unwrap_or(true)
-    })
+    *ON.get_or_init(|| crate::process::switched_on("NN_BLOCKS_FAST_CONV"))
 }
 
 /// Whether 3x3 stride-1 convolutions with at least [`WINOGRAD_MIN_POSITIONS`] output
@@ -74,11 +70,7 @@ pub fn fast_conv_enabled() -> bool {
 /// (`NN_BLOCKS_WINOGRAD=0` turns it off; read once per process).
 pub fn winograd_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("NN_BLOCKS_WINOGRAD")
-            .map(|v| v.trim() != "0")
-            .unwrap_or(true)
-    })
+    *ON.get_or_init(|| crate::process::switched_on("NN_BLOCKS_WINOGRAD"))
 }
 
 /// Smallest output (H * W) that takes the Winograd path: at 13x13 the 16 GEMMs are
@@ -315,6 +307,42 @@ struct Rhs {
     rs: usize,
 }
 
+/// `dst = lhs · rhs` for row-major matrices (unit column stride) of sizes `(m, n, k)`,
+/// each given as (pointer, row stride), on the calling thread; dst's old contents are
+/// ignored (the `gemm` crate's alpha = 0).
+///
+/// # Safety
+/// The pointers must be valid for the matrices they describe, and `dst` must not
+/// overlap the others nor be touched by another thread meanwhile.
+pub(crate) unsafe fn matmul_into(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (lhs, lhs_rs): (*const f32, usize),
+    (rhs, rhs_rs): (*const f32, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        1,
+        lhs_rs as isize,
+        rhs,
+        1,
+        rhs_rs as isize,
+        0.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
 /// Output channels `rows` of one tile: `dst = W[rows] * rhs`, then bias and activation.
 ///
 /// # Safety
@@ -332,27 +360,12 @@ unsafe fn gemm_rows(
     let (n, k) = (g.positions(), g.depth());
     // dst (rows x nt) inside the image's (C_out x OH*OW) output; row stride OH*OW.
     let dst = out.0.add(tile.img * g.cout * n + rows.start * n + tile.p0);
-    // dst = W[rows] (m x k) * rhs (k x nt); alpha = 0: dst's old contents are ignored.
-    gemm::gemm(
-        rows.len(),
-        tile.nt,
-        k,
-        dst,
-        1,
-        n as isize,
-        false,
-        ops.w.as_ptr().add(rows.start * k),
-        1,
-        k as isize,
-        rhs.ptr.0,
-        1,
-        rhs.rs as isize,
-        0.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        Parallelism::None,
+    // dst = W[rows] (m x k) * rhs (k x nt).
+    matmul_into(
+        (rows.len(), tile.nt, k),
+        (dst, n),
+        (ops.w.as_ptr().add(rows.start * k), k),
+        (rhs.ptr.0, rhs.rs),
     );
     for (i, co) in rows.enumerate() {
         // SAFETY: row `co` of this tile, inside the output and owned by this call.

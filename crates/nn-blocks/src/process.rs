@@ -1,5 +1,11 @@
 //! Process-wide settings for binaries: the allocator and the thread count.
 
+/// Whether the on/off switch in the environment variable `var` is on: it is unless set
+/// to `0` (the `NN_BLOCKS_*` switches, which turn fast paths off for comparisons).
+pub(crate) fn switched_on(var: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v.trim() != "0")
+}
+
 /// Asks glibc's `malloc` to serve large blocks from its heap and to keep freed memory for
 /// reuse (`M_MMAP_THRESHOLD` and `M_TRIM_THRESHOLD` at 1 GiB), so that every activation
 /// buffer does not come from a fresh `mmap` of zeroed pages that is unmapped again when the
@@ -13,7 +19,7 @@
 /// `NN_BLOCKS_REUSE_BUFFERS=0` in the environment, which keeps glibc's defaults for
 /// comparisons).
 pub fn reuse_freed_buffers() -> bool {
-    if std::env::var("NN_BLOCKS_REUSE_BUFFERS").is_ok_and(|v| v.trim() == "0") {
+    if !switched_on("NN_BLOCKS_REUSE_BUFFERS") {
         return false;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

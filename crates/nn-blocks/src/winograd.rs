@@ -32,9 +32,7 @@
 
 use std::mem::MaybeUninit;
 
-use gemm::Parallelism;
-
-use crate::conv_fast::{parallel_for, Epilogue, SharedPtr};
+use crate::conv_fast::{matmul_into, parallel_for, Epilogue, SharedPtr};
 
 /// Floats of `V` plus `M` per band of patch rows (8 MiB).
 const BAND_BUDGET: usize = 2 * 1024 * 1024;
@@ -96,28 +94,13 @@ impl Conv3x3 {
                 // 16 GEMMs: M[ξ] (C_out x t) = U[ξ] (C_out x C_in) · V[ξ] (C_in x t).
                 parallel_for(threads, 16, |xi| {
                     // SAFETY: task ξ alone writes M[ξ]; U and V are only read.
+                    // U is (C_out, 16, C_in): U[ξ] has row stride 16 * C_in.
                     unsafe {
-                        gemm::gemm(
-                            cout,
-                            t,
-                            cin,
-                            mp.get().add(xi * cout * t),
-                            1,
-                            t as isize,
-                            false,
-                            // U is (C_out, 16, C_in): U[ξ] has row stride 16 * C_in.
-                            u.as_ptr().add(xi * cin).cast::<f32>(),
-                            1,
-                            (16 * cin) as isize,
-                            vp.get().add(xi * cin * t),
-                            1,
-                            t as isize,
-                            0.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            Parallelism::None,
+                        matmul_into(
+                            (cout, t, cin),
+                            (mp.get().add(xi * cout * t), t),
+                            (u.as_ptr().add(xi * cin).cast::<f32>(), 16 * cin),
+                            (vp.get().add(xi * cin * t), t),
                         )
                     }
                 });

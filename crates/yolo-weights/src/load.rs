@@ -273,8 +273,8 @@ pub type SafetensorsContents = (HashMap<String, String>, Vec<(String, Tensor)>);
 /// tensors (in their stored dtypes, on `device`), in the order they are stored. The
 /// header is checked first: a truncated or corrupt file is refused, naming the tensor.
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<SafetensorsContents> {
-    let file = SafetensorsFile::open(path)?;
-    let metadata = file.header.metadata.clone();
+    let mut file = SafetensorsFile::open(path)?;
+    let metadata = std::mem::take(&mut file.header.metadata);
     Ok((metadata, file.read_tensors(device, Ok)?))
 }
 
