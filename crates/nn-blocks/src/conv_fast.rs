@@ -307,32 +307,32 @@ struct Rhs {
     rs: usize,
 }
 
-/// `dst = lhs · rhs` for row-major matrices (unit column stride) of sizes `(m, n, k)`,
-/// each given as (pointer, row stride), on the calling thread; dst's old contents are
-/// ignored (the `gemm` crate's alpha = 0).
+/// `dst = lhs · rhs` for matrices of sizes `(m, n, k)`, each given as (pointer, row
+/// stride, column stride), on the calling thread; dst's old contents are ignored (the
+/// `gemm` crate's alpha = 0).
 ///
 /// # Safety
 /// The pointers must be valid for the matrices they describe, and `dst` must not
 /// overlap the others nor be touched by another thread meanwhile.
 pub(crate) unsafe fn matmul_into(
     (m, n, k): (usize, usize, usize),
-    (dst, dst_rs): (*mut f32, usize),
-    (lhs, lhs_rs): (*const f32, usize),
-    (rhs, rhs_rs): (*const f32, usize),
+    (dst, dst_rs, dst_cs): (*mut f32, usize, usize),
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
 ) {
     gemm::gemm(
         m,
         n,
         k,
         dst,
-        1,
+        dst_cs as isize,
         dst_rs as isize,
         false,
         lhs,
-        1,
+        lhs_cs as isize,
         lhs_rs as isize,
         rhs,
-        1,
+        rhs_cs as isize,
         rhs_rs as isize,
         0.0f32,
         1.0f32,
@@ -363,9 +363,9 @@ unsafe fn gemm_rows(
     // dst = W[rows] (m x k) * rhs (k x nt).
     matmul_into(
         (rows.len(), tile.nt, k),
-        (dst, n),
-        (ops.w.as_ptr().add(rows.start * k), k),
-        (rhs.ptr.0, rhs.rs),
+        (dst, n, 1),
+        (ops.w.as_ptr().add(rows.start * k), k, 1),
+        (rhs.ptr.0, rhs.rs, 1),
     );
     for (i, co) in rows.enumerate() {
         // SAFETY: row `co` of this tile, inside the output and owned by this call.
