@@ -16,7 +16,7 @@
 //! GEMM; small images (the 13x13 and 26x26 layers, where the weights dominate) split the
 //! output channels over the threads instead. The threads are candle's own CPU worker
 //! pool (see [`pool_threads`]). GEMMs come from the `gemm` crate, the one candle itself
-//! uses (its AVX2/FMA kernels: its AVX-512 ones need a nightly compiler).
+//! uses, with its AVX-512 kernels (the `x86-v4` feature, picked at run time).
 //!
 //! 3x3 stride-1 convolutions with at least [`WINOGRAD_MIN_POSITIONS`] outputs and
 //! [`WINOGRAD_MIN_CHANNELS`] input channels take Winograd's F(2x2, 3x3) instead
@@ -73,10 +73,12 @@ pub fn winograd_enabled() -> bool {
     *ON.get_or_init(|| crate::process::switched_on("NN_BLOCKS_WINOGRAD"))
 }
 
-/// Smallest output (H * W) that takes the Winograd path: at 13x13 the 16 GEMMs are
-/// too narrow (49 patches) and transforming the filters at every call costs more than
-/// it saves.
-pub const WINOGRAD_MIN_POSITIONS: usize = 26 * 26;
+/// Smallest output (H * W) that takes the Winograd path: 13x13, YOLOv3's smallest map
+/// at 416, where Winograd takes the 512 -> 1024 layer from about 8.0 to 6.5 ms (2
+/// threads). Smaller maps keep the direct path: there the 16 GEMMs get narrower still
+/// (ceil(H/2) * ceil(W/2) patches) while the filter transform, done at every call,
+/// costs the same.
+pub const WINOGRAD_MIN_POSITIONS: usize = 13 * 13;
 /// Fewest input channels that take the Winograd path: with fewer, the GEMMs are too
 /// shallow and the input transform dominates (the 3-channel first layer).
 pub const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -307,9 +309,10 @@ struct Rhs {
     rs: usize,
 }
 
-/// `dst = lhs · rhs` for matrices of sizes `(m, n, k)`, each given as (pointer, row
-/// stride, column stride), on the calling thread; dst's old contents are ignored (the
-/// `gemm` crate's alpha = 0).
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, for matrices of sizes
+/// `(m, n, k)`, each given as (pointer, row stride, column stride), on the calling
+/// thread (without `accumulate`, dst's old contents are ignored: the `gemm` crate's
+/// alpha = 0).
 ///
 /// # Safety
 /// The pointers must be valid for the matrices they describe, and `dst` must not
@@ -319,6 +322,7 @@ pub(crate) unsafe fn matmul_into(
     (dst, dst_rs, dst_cs): (*mut f32, usize, usize),
     (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
     (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    accumulate: bool,
 ) {
     gemm::gemm(
         m,
@@ -327,14 +331,14 @@ pub(crate) unsafe fn matmul_into(
         dst,
         dst_cs as isize,
         dst_rs as isize,
-        false,
+        accumulate,
         lhs,
         lhs_cs as isize,
         lhs_rs as isize,
         rhs,
         rhs_cs as isize,
         rhs_rs as isize,
-        0.0f32,
+        if accumulate { 1.0f32 } else { 0.0f32 },
         1.0f32,
         false,
         false,
@@ -366,6 +370,7 @@ unsafe fn gemm_rows(
         (dst, n, 1),
         (ops.w.as_ptr().add(rows.start * k), k, 1),
         (rhs.ptr.0, rhs.rs, 1),
+        false,
     );
     for (i, co) in rows.enumerate() {
         // SAFETY: row `co` of this tile, inside the output and owned by this call.

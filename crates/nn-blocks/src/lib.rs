@@ -24,6 +24,8 @@ pub mod process;
 pub mod summary;
 pub mod weights;
 mod winograd;
+#[cfg(target_arch = "x86_64")]
+mod winograd_avx512;
 
 pub use backbone::{Backbone, FeatureChannels};
 pub use conv_bn::{Activation, BnMode, ConvBnAct, ConvBnConfig, DEFAULT_BN_EPS};

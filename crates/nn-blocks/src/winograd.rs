@@ -54,6 +54,11 @@ const CO_BLOCK: usize = 64;
 /// block of its GEMMs.
 const TILE_CHUNK: usize = 128;
 
+/// Input channels per step of a task's GEMMs: its transformed filters, (16, K_CHUNK,
+/// CO_BLOCK) floats (512 KiB), stay in the core's L2 cache between their transform and
+/// their GEMMs.
+const K_CHUNK: usize = 128;
+
 /// Tasks per thread for each band, when there are enough patch rows to split.
 const TASKS_PER_THREAD: usize = 4;
 
@@ -124,30 +129,37 @@ impl Conv3x3 {
                 let group_rows = (group * rows_per_group)..((group + 1) * rows_per_group).min(rows);
                 TASK_BUF.with(|buf| {
                     let mut buf = buf.borrow_mut();
-                    let (ulen, mlen) = (16 * cin * nc, 16 * rows_per_chunk * tw * nc);
+                    let kc = K_CHUNK.min(cin);
+                    let (ulen, mlen) = (16 * plane_len(kc, nc), 16 * rows_per_chunk * tw * nc);
                     let len = ulen + mlen + nc * 4 * tw;
                     if buf.len() < len {
                         buf.resize(len, 0.0);
                     }
                     let (u, rest) = buf.split_at_mut(ulen);
                     let (m, stage) = rest.split_at_mut(mlen);
-                    // U: (16, C_in, nc), column-major blocks U[ξ] (nc x C_in).
-                    transform_filters(w, cin, co0, nc, u);
                     for rr0 in group_rows.clone().step_by(rows_per_chunk) {
                         let nr = rows_per_chunk.min(group_rows.end - rr0);
                         let (j0, nt) = (rr0 * tw, nr * tw);
-                        // M[ξ] (nc x nt) = U[ξ] (nc x C_in) · V[ξ][.., j0..j0 + nt]
-                        // (C_in x nt), M column-major: (16, nt, nc).
-                        for xi in 0..16 {
-                            // SAFETY: m and u are this thread's; V is only read, and
-                            // its columns j0..j0 + nt of rows ξ * C_in.. lie in the band.
-                            unsafe {
-                                matmul_into(
-                                    (nc, nt, cin),
-                                    (m.as_mut_ptr().add(xi * nt * nc), 1, nc),
-                                    (u.as_ptr().add(xi * cin * nc), 1, nc),
-                                    (vp.get().add(xi * cin * t + j0), t, 1),
-                                )
+                        for ci0 in (0..cin).step_by(K_CHUNK) {
+                            let kc = K_CHUNK.min(cin - ci0);
+                            // U: (16, kc, nc), column-major blocks U[ξ] (nc x kc).
+                            let u = &mut u[..16 * plane_len(kc, nc)];
+                            transform_filters(w, cin, (co0, nc), (ci0, kc), u);
+                            // M[ξ] (nc x nt) (+)= U[ξ] (nc x kc) · V[ξ][ci0.., j0..]
+                            // (kc x nt), M column-major: (16, nt, nc).
+                            for xi in 0..16 {
+                                // SAFETY: m and u are this thread's; V is only read, and
+                                // its columns j0..j0 + nt of rows ξ * C_in + ci0.. lie in
+                                // the band.
+                                unsafe {
+                                    matmul_into(
+                                        (nc, nt, kc),
+                                        (m.as_mut_ptr().add(xi * nt * nc), 1, nc),
+                                        (u.as_ptr().add(xi * plane_len(kc, nc)), 1, nc),
+                                        (vp.get().add((xi * cin + ci0) * t + j0), t, 1),
+                                        ci0 > 0,
+                                    )
+                                }
                             }
                         }
                         let m = &m[..16 * nt * nc];
@@ -308,29 +320,66 @@ fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
     v
 }
 
+/// Floats from one plane U[ξ] of the transformed filters, (kc, nc), to the next: a
+/// cache line more than the plane, so that the 16 rows written together do not all
+/// fall in one set of the L1 cache (planes a multiple of 4 KiB long would).
+fn plane_len(kc: usize, nc: usize) -> usize {
+    kc * nc + 16
+}
+
 /// Output channels transformed together by [`transform_filters`], one per SIMD lane.
 const LANES: usize = 16;
 
-/// `U[ξ][ci][c] = (G g Gᵀ)[ξ]` for the filters g of output channels `co0..co0 + nc` of
-/// `w` (C_out, C_in, 3, 3): `u` holds (16, C_in, nc) floats, all written.
+/// `U[ξ][ci - ci_first][c] = (G g Gᵀ)[ξ]` for the filters g of output channels
+/// `co0..co0 + nc` and input channels `ci_first..ci_first + kc` of `w`
+/// (C_out, C_in, 3, 3): `u` holds the 16 planes (kc, nc), [`plane_len`] apart.
 ///
 /// [`LANES`] output channels at a time, so that the arithmetic vectorises across them
 /// and U is written in whole rows of `LANES` (a scatter of each filter's 16 values into
-/// the 16 planes of U took longer than the GEMMs).
-fn transform_filters(w: &[f32], cin: usize, co0: usize, nc: usize, u: &mut [f32]) {
+/// the 16 planes of U took longer than the GEMMs). On x86-64 CPUs with AVX-512, whole
+/// 16 x 16 blocks go to `winograd_avx512` instead.
+fn transform_filters(
+    w: &[f32],
+    cin: usize,
+    (co0, nc): (usize, usize),
+    (ci_first, kc): (usize, usize),
+    u: &mut [f32],
+) {
     // Input channels per staging block: taps of LANES x CI_BLOCK filters, 4.5 KiB.
     const CI_BLOCK: usize = 8;
     let mut taps = [[[0f32; LANES]; 9]; CI_BLOCK];
     let mut t = [[0f32; LANES]; 16];
-    // U[ξ]: (C_in, nc) each.
+    // U[ξ]: (kc, nc) each.
     let mut planes: [&mut [f32]; 16] = {
-        let mut it = u.chunks_exact_mut(cin * nc);
+        let mut it = u.chunks_exact_mut(plane_len(kc, nc));
         std::array::from_fn(|_| it.next().expect("16 planes"))
     };
+    #[cfg(target_arch = "x86_64")]
+    let simd = crate::winograd_avx512::available();
     for c0 in (0..nc).step_by(LANES) {
         let lanes = LANES.min(nc - c0);
-        for ci0 in (0..cin).step_by(CI_BLOCK) {
-            let nci = CI_BLOCK.min(cin - ci0);
+        // Input channels from here on take the portable path.
+        #[allow(unused_mut)]
+        let mut portable_from = 0;
+        #[cfg(target_arch = "x86_64")]
+        if simd && lanes == LANES {
+            portable_from = kc - kc % 16;
+            for row0 in (0..portable_from).step_by(16) {
+                // SAFETY: the CPU has AVX-512F (checked); the block's bounds are
+                // asserted inside.
+                unsafe {
+                    crate::winograd_avx512::transform_block(
+                        w,
+                        cin,
+                        (co0 + c0, ci_first + row0),
+                        &mut planes,
+                        (row0, nc, c0),
+                    )
+                };
+            }
+        }
+        for row0 in (portable_from..kc).step_by(CI_BLOCK) {
+            let (ci0, nci) = (ci_first + row0, CI_BLOCK.min(kc - row0));
             // taps[ci - ci0][k][l]: tap k of filter (co0 + c0 + l, ci), filled a run of
             // one filter row at a time so that the weights are read in order.
             for l in 0..lanes {
@@ -342,9 +391,8 @@ fn transform_filters(w: &[f32], cin: usize, co0: usize, nc: usize, u: &mut [f32]
                 }
             }
             for (i, g) in taps[..nci].iter().enumerate() {
-                let ci = ci0 + i;
                 filter_transform(g, &mut t);
-                let at = ci * nc + c0;
+                let at = (row0 + i) * nc + c0;
                 for (plane, row) in planes.iter_mut().zip(&t) {
                     if lanes == LANES {
                         // A fixed-length copy, inlined (a memmove call costs more).
@@ -390,6 +438,49 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
     use test_support::{max_abs, max_abs_diff};
+
+    /// The filter transform against G g Gᵀ by plain matrix products, over a block
+    /// of output channels with a short last group of lanes and a range of input
+    /// channels that starts inside the filters and is not a multiple of 16 long (on
+    /// AVX-512 CPUs: whole 16 x 16 blocks through `winograd_avx512`, the rest through
+    /// the portable code).
+    #[test]
+    fn filter_transform_matches_matrix_products() {
+        let (cout, cin, co0, nc, ci_first, kc) = (50, 37, 7, 40, 3, 33);
+        let w: Vec<f32> = (0..cout * cin * 9)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let mut u = vec![f32::NAN; 16 * plane_len(kc, nc)];
+        transform_filters(&w, cin, (co0, nc), (ci_first, kc), &mut u);
+        let gm = [
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.5, -0.5, 0.5],
+            [0.0, 0.0, 1.0],
+        ];
+        for c in 0..nc {
+            for ci in ci_first..ci_first + kc {
+                let g = &w[((co0 + c) * cin + ci) * 9..][..9];
+                for i in 0..4 {
+                    for j in 0..4 {
+                        // (G g Gᵀ)[i][j] = sum_ab G[i][a] g[a][b] G[j][b].
+                        let mut want = 0f64;
+                        for a in 0..3 {
+                            for b in 0..3 {
+                                want += gm[i][a] * g[3 * a + b] as f64 * gm[j][b];
+                            }
+                        }
+                        let got = u[(4 * i + j) * plane_len(kc, nc) + (ci - ci_first) * nc + c];
+                        assert!(
+                            (got as f64 - want).abs() < 1e-5,
+                            "c {c} ci {ci} ξ {}: {got} vs {want}",
+                            4 * i + j
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// Winograd against candle's direct convolution (plus bias and LeakyReLU), on odd
     /// and degenerate sides, batch 2, one and three threads, one band and several.
