@@ -137,6 +137,9 @@ impl Conv3x3 {
                     }
                     let (u, rest) = buf.split_at_mut(ulen);
                     let (m, stage) = rest.split_at_mut(mlen);
+                    // The input channels whose filters are in u: with a single chunk
+                    // of them, transformed once for all the task's patches.
+                    let mut in_u = None;
                     for rr0 in group_rows.clone().step_by(rows_per_chunk) {
                         let nr = rows_per_chunk.min(group_rows.end - rr0);
                         let (j0, nt) = (rr0 * tw, nr * tw);
@@ -144,7 +147,10 @@ impl Conv3x3 {
                             let kc = K_CHUNK.min(cin - ci0);
                             // U: (16, kc, nc), column-major blocks U[ξ] (nc x kc).
                             let u = &mut u[..16 * plane_len(kc, nc)];
-                            transform_filters(w, cin, (co0, nc), (ci0, kc), u);
+                            if in_u != Some(ci0) {
+                                transform_filters(w, cin, (co0, nc), (ci0, kc), u);
+                                in_u = Some(ci0);
+                            }
                             // M[ξ] (nc x nt) (+)= U[ξ] (nc x kc) · V[ξ][ci0.., j0..]
                             // (kc x nt), M column-major: (16, nt, nc).
                             for xi in 0..16 {
