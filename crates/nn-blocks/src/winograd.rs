@@ -52,7 +52,7 @@ const CO_BLOCK: usize = 64;
 
 /// Patches per chunk of a task, rounded to whole patch rows (at least one): the column
 /// block of its GEMMs.
-const TILE_CHUNK: usize = 128;
+const TILE_CHUNK: usize = 192;
 
 /// Input channels per step of a task's GEMMs: its transformed filters, (16, K_CHUNK,
 /// CO_BLOCK) floats (512 KiB), stay in the core's L2 cache between their transform and
