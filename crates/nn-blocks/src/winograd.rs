@@ -63,7 +63,7 @@ const K_CHUNK: usize = 128;
 const TASKS_PER_THREAD: usize = 4;
 
 thread_local! {
-    /// This thread's task buffers (transformed filters, GEMM results, output rows),
+    /// This thread's task buffers (transformed filters, GEMM results),
     /// reused from call to call.
     static TASK_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -131,12 +131,12 @@ impl Conv3x3 {
                     let mut buf = buf.borrow_mut();
                     let kc = K_CHUNK.min(cin);
                     let (ulen, mlen) = (16 * plane_len(kc, nc), 16 * rows_per_chunk * tw * nc);
-                    let len = ulen + mlen + nc * 4 * tw;
+                    let len = ulen + mlen;
                     if buf.len() < len {
                         buf.resize(len, 0.0);
                     }
                     let (u, rest) = buf.split_at_mut(ulen);
-                    let (m, stage) = rest.split_at_mut(mlen);
+                    let m = &mut rest[..mlen];
                     // The input channels whose filters are in u: with a single chunk
                     // of them, transformed once for all the task's patches.
                     let mut in_u = None;
@@ -169,7 +169,7 @@ impl Conv3x3 {
                             }
                         }
                         let m = &m[..16 * nt * nc];
-                        self.transform_output(m, co0, nc, r0 + rr0, nr, bias, act, out, stage);
+                        self.transform_output(m, co0, nc, r0 + rr0, nr, bias, act, out);
                     }
                 });
             });
@@ -254,7 +254,7 @@ impl Conv3x3 {
 
     /// `out = act(Aᵀ M A + bias)` for output channels `co0..co0 + nc` of patch rows
     /// `r0..r0 + nr` (across the batch): `m` is (16, nr * tw, nc), `out` the whole
-    /// (B, C_out, H, W) output, `stage` room for (nc, 2, 2 * tw) floats.
+    /// (B, C_out, H, W) output.
     #[allow(clippy::too_many_arguments)]
     fn transform_output(
         &self,
@@ -266,18 +266,26 @@ impl Conv3x3 {
         bias: &[f32],
         act: Epilogue,
         out: SharedPtr<f32>,
-        stage: &mut [f32],
     ) {
         let (h, w, cout) = (self.h, self.w, self.cout);
         let (th, tw) = self.tiles();
         let nt = nr * tw;
         for r in 0..nr {
             let (img, ty) = ((r0 + r) / th, (r0 + r) % th);
-            // Two output rows per channel into stage (nc, 2, 2 * tw), across the
-            // channels (contiguous in M) patch by patch.
+            let oy = 2 * ty;
+            // Whether the patch row's second output row, and the last patch's second
+            // column, are inside the image (not with odd H or W).
+            let (row1, col1) = (oy + 1 < h, 2 * tw <= w);
+            // Output rows oy (and oy + 1) of channel co0 + c start at row(c) (+ w).
+            let row = |c: usize| {
+                out.get()
+                    .wrapping_add(((img * cout + co0 + c) * h + oy) * w)
+            };
+            // Across the channels (contiguous in M), patch by patch.
             for tx in 0..tw {
                 let j = r * tw + tx;
                 let ms: [&[f32]; 16] = std::array::from_fn(|xi| &m[(xi * nt + j) * nc..][..nc]);
+                let col1 = col1 || tx + 1 < tw;
                 // Channel c of all 16 rows at once: an index reads clearest here.
                 #[allow(clippy::needless_range_loop)]
                 for c in 0..nc {
@@ -287,32 +295,28 @@ impl Conv3x3 {
                         std::array::from_fn(|j| ms[j][c] + ms[4 + j][c] + ms[8 + j][c]);
                     let s1: [f32; 4] =
                         std::array::from_fn(|j| ms[4 + j][c] - ms[8 + j][c] - ms[12 + j][c]);
-                    let at = c * 4 * tw + 2 * tx;
-                    stage[at] = s0[0] + s0[1] + s0[2];
-                    stage[at + 1] = s0[1] - s0[2] - s0[3];
-                    stage[at + 2 * tw] = s1[0] + s1[1] + s1[2];
-                    stage[at + 2 * tw + 1] = s1[1] - s1[2] - s1[3];
+                    let p = row(c).wrapping_add(2 * tx);
+                    // SAFETY: outputs (oy, 2tx) to (oy + 1, 2tx + 1) of channel co0 + c
+                    // where inside the image; this task alone writes them.
+                    unsafe {
+                        *p = s0[0] + s0[1] + s0[2];
+                        if col1 {
+                            *p.add(1) = s0[1] - s0[2] - s0[3];
+                        }
+                        if row1 {
+                            *p.add(w) = s1[0] + s1[1] + s1[2];
+                            if col1 {
+                                *p.add(w + 1) = s1[1] - s1[2] - s1[3];
+                            }
+                        }
+                    }
                 }
             }
             for c in 0..nc {
-                let co = co0 + c;
-                for dy in 0..2 {
-                    let oy = 2 * ty + dy;
-                    if oy >= h {
-                        continue;
-                    }
-                    let src = &mut stage[c * 4 * tw + dy * 2 * tw..][..w];
-                    act.apply(src, bias[co]);
-                    // SAFETY: this task alone writes rows of channels co0..co0 + nc in
-                    // its patch rows.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            out.get().add(((img * cout + co) * h + oy) * w),
-                            w,
-                        )
-                    };
-                    dst.copy_from_slice(src);
-                }
+                // SAFETY: the rows just written in full, this task's alone.
+                let rows =
+                    unsafe { std::slice::from_raw_parts_mut(row(c), (1 + row1 as usize) * w) };
+                act.apply(rows, bias[co0 + c]);
             }
         }
     }
