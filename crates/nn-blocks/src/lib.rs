@@ -6,7 +6,7 @@
 //! - [`depthwise_conv2d`]: a fast depthwise convolution op (CPU kernel + backward).
 //! - [`conv_fast`]: a fast dense convolution with fused bias and activation for
 //!   inference on the CPU (GEMM on NCHW, tiled im2col; Winograd F(2x2, 3x3) for 3x3
-//!   stride-1 layers of 26x26 and larger).
+//!   stride-1 layers of 13x13 and larger).
 //! - [`make_divisible`]: the seed's `_make_divisible` channel rounding.
 //! - [`Backbone`]: what the YOLOv3 head needs from a feature extractor.
 //! - [`summary`]: per-layer shape/parameter/multiply-add accounting (torchsummaryX-like).
