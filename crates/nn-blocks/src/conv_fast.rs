@@ -165,6 +165,33 @@ impl Geom {
         (lo.min(self.ow), hi.max(lo.min(self.ow)))
     }
 
+    /// [`Geom::valid_cols`] of tap `kx` within the output columns `ox0..ox0 + run`.
+    fn valid_span(&self, kx: usize, ox0: usize, run: usize) -> (usize, usize) {
+        let (lo, hi) = self.valid_cols(kx);
+        let a = lo.clamp(ox0, ox0 + run);
+        (a, hi.clamp(a, ox0 + run))
+    }
+
+    /// The output positions `p0..p0 + nt` of one image cut at the ends of output rows:
+    /// `(j, oy, ox0, run)` for positions `p0 + j..p0 + j + run`, columns
+    /// `ox0..ox0 + run` of output row `oy`.
+    fn row_runs(
+        &self,
+        p0: usize,
+        nt: usize,
+    ) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+        let mut j = 0;
+        std::iter::from_fn(move || {
+            (j < nt).then(|| {
+                let pos = p0 + j;
+                let (oy, ox0) = (pos / self.ow, pos % self.ow);
+                let run = (self.ow - ox0).min(nt - j);
+                j += run;
+                (j - run, oy, ox0, run)
+            })
+        })
+    }
+
     /// Copies output columns `p0..p0 + nt` of the im2col matrix of one image
     /// `x` (C_in, H, W) into `buf` (C_in * KH * KW, nt), zeros for the padding.
     fn im2col(&self, x: &[f32], p0: usize, nt: usize, buf: &mut [f32]) {
@@ -192,19 +219,13 @@ impl Geom {
                 for kx in 0..self.kw {
                     let r = ((ci - c0) * self.kh + ky) * self.kw + kx;
                     let dst = &mut buf[r * nt..(r + 1) * nt];
-                    let (lo, hi) = self.valid_cols(kx);
-                    let (mut j, mut pos) = (0, p0);
-                    while j < nt {
-                        // One output row's run of columns ox0..ox0 + run.
-                        let (oy, ox0) = (pos / self.ow, pos % self.ow);
-                        let run = (self.ow - ox0).min(nt - j);
+                    for (j, oy, ox0, run) in self.row_runs(p0, nt) {
                         let seg = &mut dst[j..j + run];
                         match (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) {
                             None => seg.fill(0.0),
                             Some(iy) => {
                                 let row = &plane[iy * w..(iy + 1) * w];
-                                let a = lo.clamp(ox0, ox0 + run);
-                                let b = hi.clamp(a, ox0 + run);
+                                let (a, b) = self.valid_span(kx, ox0, run);
                                 seg[..a - ox0].fill(0.0);
                                 seg[b - ox0..].fill(0.0);
                                 let valid = &mut seg[a - ox0..b - ox0];
@@ -221,8 +242,6 @@ impl Geom {
                                 }
                             }
                         }
-                        j += run;
-                        pos += run;
                     }
                 }
             }
@@ -248,11 +267,7 @@ impl Geom {
         for ci in channels {
             let plane = &x[ci * h * w..(ci + 1) * h * w];
             for ky in 0..self.kh {
-                let (mut j, mut pos) = (0, p0);
-                while j < nt {
-                    // One output row's run of columns ox0..ox0 + run.
-                    let (oy, ox0) = (pos / self.ow, pos % self.ow);
-                    let run = (self.ow - ox0).min(nt - j);
+                for (j, oy, ox0, run) in self.row_runs(p0, nt) {
                     let iy = (oy * 2 + ky).checked_sub(p).filter(|&iy| iy < h);
                     if let Some(iy) = iy {
                         let row = &plane[iy * w..(iy + 1) * w];
@@ -273,9 +288,7 @@ impl Geom {
                             seg.fill(0.0);
                             continue;
                         }
-                        let (lo, hi) = self.valid_cols(kx);
-                        let a = lo.clamp(ox0, ox0 + run);
-                        let b = hi.clamp(a, ox0 + run);
+                        let (a, b) = self.valid_span(kx, ox0, run);
                         seg[..a - ox0].fill(0.0);
                         seg[b - ox0..].fill(0.0);
                         // Input columns first, first + 2, ...: one phase, contiguous.
@@ -283,8 +296,6 @@ impl Geom {
                         let phase = &phases[(first % 2) * half + first / 2..][..b - a];
                         seg[a - ox0..b - ox0].copy_from_slice(phase);
                     }
-                    j += run;
-                    pos += run;
                 }
             }
         }

@@ -129,8 +129,9 @@ impl Conv3x3 {
                 let group_rows = (group * rows_per_group)..((group + 1) * rows_per_group).min(rows);
                 TASK_BUF.with(|buf| {
                     let mut buf = buf.borrow_mut();
-                    let kc = K_CHUNK.min(cin);
-                    let (ulen, mlen) = (16 * plane_len(kc, nc), 16 * rows_per_chunk * tw * nc);
+                    // Room for the largest chunk of input channels.
+                    let ulen = 16 * plane_len(K_CHUNK.min(cin), nc);
+                    let mlen = 16 * rows_per_chunk * tw * nc;
                     let len = ulen + mlen;
                     if buf.len() < len {
                         buf.resize(len, 0.0);
@@ -364,30 +365,14 @@ fn transform_filters(
         let mut it = u.chunks_exact_mut(plane_len(kc, nc));
         std::array::from_fn(|_| it.next().expect("16 planes"))
     };
-    #[cfg(target_arch = "x86_64")]
-    let simd = crate::winograd_avx512::available();
     for c0 in (0..nc).step_by(LANES) {
         let lanes = LANES.min(nc - c0);
         // Input channels from here on take the portable path.
-        #[allow(unused_mut)]
-        let mut portable_from = 0;
-        #[cfg(target_arch = "x86_64")]
-        if simd && lanes == LANES {
-            portable_from = kc - kc % 16;
-            for row0 in (0..portable_from).step_by(16) {
-                // SAFETY: the CPU has AVX-512F (checked); the block's bounds are
-                // asserted inside.
-                unsafe {
-                    crate::winograd_avx512::transform_block(
-                        w,
-                        cin,
-                        (co0 + c0, ci_first + row0),
-                        &mut planes,
-                        (row0, nc, c0),
-                    )
-                };
-            }
-        }
+        let portable_from = if lanes == LANES {
+            simd_blocks(w, cin, (co0 + c0, ci_first, kc), &mut planes, (nc, c0))
+        } else {
+            0
+        };
         for row0 in (portable_from..kc).step_by(CI_BLOCK) {
             let (ci0, nci) = (ci_first + row0, CI_BLOCK.min(kc - row0));
             // taps[ci - ci0][k][l]: tap k of filter (co0 + c0 + l, ci), filled a run of
@@ -414,6 +399,39 @@ fn transform_filters(
             }
         }
     }
+}
+
+/// The whole 16 x 16 blocks of [`transform_filters`] for the [`LANES`] output channels
+/// from `c` (column `at` of the planes) and input channels `ci_first..ci_first + kc`,
+/// through `winograd_avx512` where the CPU has AVX-512: how many of the input channels
+/// are done (0 elsewhere).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn simd_blocks(
+    w: &[f32],
+    cin: usize,
+    (c, ci_first, kc): (usize, usize, usize),
+    planes: &mut [&mut [f32]; 16],
+    (nc, at): (usize, usize),
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::winograd_avx512::available() {
+        let done = kc - kc % 16;
+        for row0 in (0..done).step_by(16) {
+            // SAFETY: the CPU has AVX-512F (checked); the block's bounds are asserted
+            // inside.
+            unsafe {
+                crate::winograd_avx512::transform_block(
+                    w,
+                    cin,
+                    (c, ci_first + row0),
+                    planes,
+                    (row0, nc, at),
+                )
+            };
+        }
+        return done;
+    }
+    0
 }
 
 /// `G g Gᵀ` of [`LANES`] 3x3 filters at once: `g[k][l]` is tap k (row-major) of filter
