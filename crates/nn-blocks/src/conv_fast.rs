@@ -74,6 +74,14 @@ pub fn winograd_enabled() -> bool {
     *ON.get_or_init(|| crate::process::switched_on("NN_BLOCKS_WINOGRAD"))
 }
 
+/// Whether Winograd's F(4x4, 3x3) serves the images it suits (26x26 and up),
+/// F(2x2, 3x3) the rest (`NN_BLOCKS_WINOGRAD_F4=0` keeps F(2x2, 3x3) everywhere; read
+/// once per process).
+pub fn winograd_f4_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| crate::process::switched_on("NN_BLOCKS_WINOGRAD_F4"))
+}
+
 /// Smallest output (H * W) that takes the Winograd path: 13x13, YOLOv3's smallest map
 /// at 416, where Winograd takes the 512 -> 1024 layer from about 8.0 to 6.5 ms (2
 /// threads). Smaller maps keep the direct path: there the 16 GEMMs get narrower still
@@ -646,7 +654,15 @@ impl CustomOp3 for DenseConv {
             && cin >= WINOGRAD_MIN_CHANNELS
             && winograd_enabled();
         if winograd {
-            let conv = crate::winograd::Conv3x3 { b, cin, cout, h, w };
+            let tile = crate::winograd::Tile::for_image(h, w);
+            let conv = crate::winograd::Conv3x3 {
+                b,
+                cin,
+                cout,
+                h,
+                w,
+                tile,
+            };
             conv.run(
                 ops.x,
                 ops.w,

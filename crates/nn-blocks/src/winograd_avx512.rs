@@ -6,18 +6,32 @@
 //! channel's run of 16 filters (144 contiguous floats) is loaded as 9 vectors and the
 //! 16 x 144 block turned into 144 x 16 by nine in-register 16 x 16 transposes, which
 //! makes the transform about 4x faster.
+//!
+//! Also F(4x4, 3x3)'s output transform for 16 channels of a patch: computed across the
+//! channels, then turned by one such transpose into each channel's 4x4 block, which
+//! goes to the image in four 128-bit stores instead of 16 scalar ones.
 
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_loadu_ps, _mm512_mul_ps,
-    _mm512_set1_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_sub_ps, _mm512_unpackhi_pd,
-    _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps, _mm_prefetch, _MM_HINT_T0,
+    __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_extractf32x4_ps,
+    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_sub_ps, _mm512_unpackhi_pd,
+    _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps, _mm_mask_storeu_ps, _mm_prefetch,
+    _mm_storeu_ps, _MM_HINT_T0,
 };
 
-/// Whether this CPU runs [`transform_block`].
+use crate::conv_fast::Epilogue;
+use crate::winograd::{filter_transform, Tile, LANES};
+
+/// Whether this CPU runs [`transform_block`] and [`output_block_f4`] (AVX-512F and VL;
+/// asked once per process).
 pub(crate) fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    })
 }
 
 /// The transpose of the 16 x 16 matrix whose rows are `r`.
@@ -54,28 +68,27 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     out
 }
 
-/// `planes[ξ][(row0 + i) * nc + at + l] = (G g Gᵀ)[ξ]` for the filters g of output
+/// `u[ξ * pl + (row0 + i) * nc + at + l] = (G g Gᵀ)[ξ]` for the filters g of output
 /// channel `c + l` and input channel `ci0 + i`, `l, i` in 0..16, of `w`
-/// (C_out, C_in, 3, 3). Same arithmetic as the portable version, so the same results.
+/// (C_out, C_in, 3, 3). The arithmetic is [`filter_transform`]'s, as in the portable
+/// code, so the results are the same.
 ///
 /// # Safety
 /// The CPU must have AVX-512F ([`available`]).
 ///
 /// # Panics
-/// If the block lies outside `w` or the planes.
+/// If the block lies outside `w` or `u`.
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn transform_block(
+    tile: Tile,
     w: &[f32],
     cin: usize,
     (c, ci0): (usize, usize),
-    planes: &mut [&mut [f32]; 16],
-    (row0, nc, at): (usize, usize, usize),
+    u: &mut [f32],
+    (pl, row0, nc, at): (usize, usize, usize, usize),
 ) {
     assert!(ci0 + 16 <= cin && ((c + 15) * cin + ci0 + 16) * 9 <= w.len());
-    let first = (row0 + 15) * nc + at + 16;
-    assert!(at + 16 <= nc && planes.iter().all(|p| p.len() >= first));
-    // taps[16v + e][l] = float 16v + e of channel c + l's run: tap k of input channel
-    // ci0 + i is float 9i + k.
+    assert!(at + 16 <= nc && u.len() >= (tile.planes() - 1) * pl + (row0 + 15) * nc + at + 16);
     // The next block of input channels of each run, into L1 meanwhile: the hardware
     // prefetcher does not follow 16 short runs at once (a prefetch never faults, so
     // one past the end of w is harmless).
@@ -85,39 +98,126 @@ pub(crate) unsafe fn transform_block(
             _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(16 * line).cast());
         }
     }
-    let mut taps = [_mm512_set1_ps(0.0); 144];
+    // taps[16v + e][l] = float 16v + e of channel c + l's run: tap k of input channel
+    // ci0 + i is float 9i + k.
+    let mut taps = [[0f32; LANES]; 144];
     for v in 0..9 {
         // SAFETY: run l is w[((c + l) * cin + ci0) * 9..][..144], inside w (asserted).
         let rows: [__m512; 16] = std::array::from_fn(|l| unsafe {
             _mm512_loadu_ps(w.as_ptr().add(((c + l) * cin + ci0) * 9 + 16 * v))
         });
-        taps[16 * v..16 * v + 16].copy_from_slice(&transpose16(rows));
-    }
-    let half = _mm512_set1_ps(0.5);
-    let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
-    for i in 0..16 {
-        let g = &taps[9 * i..9 * i + 9];
-        // G g: 4x3, then (G g) Gᵀ: 4x4, as in `filter_transform`.
-        let mut gg = [[half; 3]; 4];
-        for k in 0..3 {
-            let (g0, g1, g2) = (g[k], g[3 + k], g[6 + k]);
-            gg[0][k] = g0;
-            gg[1][k] = mul(half, add(add(g0, g1), g2));
-            gg[2][k] = mul(half, add(sub(g0, g1), g2));
-            gg[3][k] = g2;
+        for (e, col) in transpose16(rows).into_iter().enumerate() {
+            // SAFETY: taps[16v + e] holds 16 floats.
+            unsafe { _mm512_storeu_ps(taps[16 * v + e].as_mut_ptr(), col) };
         }
+    }
+    let mut t = [[0f32; LANES]; 36];
+    for i in 0..16 {
+        let g: &[[f32; LANES]; 9] = taps[9 * i..9 * i + 9].try_into().expect("9 taps");
+        filter_transform(tile, g, &mut t);
         let at = (row0 + i) * nc + at;
-        for (row, [a, b, d]) in gg.into_iter().enumerate() {
-            let vals = [
-                a,
-                mul(half, add(add(a, b), d)),
-                mul(half, add(sub(a, b), d)),
-                d,
-            ];
-            for (j, v) in vals.into_iter().enumerate() {
-                // SAFETY: at + 16 <= planes[ξ].len() (asserted above).
-                unsafe { _mm512_storeu_ps(planes[4 * row + j].as_mut_ptr().add(at), v) };
+        for (xi, row) in t[..tile.planes()].iter().enumerate() {
+            // SAFETY: xi * pl + at + 16 <= u.len() (asserted above); row holds 16 floats.
+            unsafe {
+                _mm512_storeu_ps(
+                    u.as_mut_ptr().add(xi * pl + at),
+                    _mm512_loadu_ps(row.as_ptr()),
+                )
+            };
+        }
+    }
+}
+
+/// `act(Aᵀ M A + bias)` of one F(4x4, 3x3) patch for 16 channels, stored to the image:
+/// `ms[ξ][l]` is element ξ of channel l; channel l's 4x4 block goes to
+/// `dst + l * channel_stride`, rows `w` apart, its first `rows` rows and `cols` columns
+/// (fewer at the image's bottom and right edges). The arithmetic is the portable
+/// `output_tile_f4`'s, with fused multiply-adds.
+///
+/// # Safety
+/// The CPU must have AVX-512F and VL ([`available`]); those outputs must be valid for
+/// writes, and no one else's meanwhile.
+#[target_feature(enable = "avx512f,avx512vl")]
+// s[r][j] from column j's outputs r: indices read clearest.
+#[allow(clippy::needless_range_loop)]
+pub(crate) unsafe fn output_block_f4(
+    ms: &[&[f32; LANES]; 36],
+    bias: &[f32; LANES],
+    act: Epilogue,
+    dst: *mut f32,
+    (channel_stride, w): (usize, usize),
+    (rows, cols): (usize, usize),
+) {
+    debug_assert!(rows <= 4 && cols <= 4);
+    // Aᵀ over the rows i of ξ = 6i + j: s[r][j]; then over the columns: y[4r + c],
+    // output (r, c) of the 16 channels.
+    // SAFETY: ms[ξ] holds 16 floats.
+    let m = |xi: usize| unsafe { _mm512_loadu_ps(ms[xi].as_ptr()) };
+    let mut s = [[_mm512_setzero_ps(); 6]; 4];
+    for j in 0..6 {
+        let o = at_f4([m(j), m(6 + j), m(12 + j), m(18 + j), m(24 + j), m(30 + j)]);
+        for r in 0..4 {
+            s[r][j] = o[r];
+        }
+    }
+    // SAFETY: bias holds 16 floats.
+    let b = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
+    let mut y = [_mm512_setzero_ps(); 16];
+    for r in 0..4 {
+        for (c, v) in at_f4(s[r]).into_iter().enumerate() {
+            y[4 * r + c] = activate(act, _mm512_add_ps(v, b));
+        }
+    }
+    // blocks[l], lane 4r + c: output (r, c) of channel l.
+    let blocks = transpose16(y);
+    let mask = (1u8 << cols) - 1;
+    for (l, block) in blocks.into_iter().enumerate() {
+        let p = dst.wrapping_add(l * channel_stride);
+        let row_of = [
+            _mm512_extractf32x4_ps::<0>(block),
+            _mm512_extractf32x4_ps::<1>(block),
+            _mm512_extractf32x4_ps::<2>(block),
+            _mm512_extractf32x4_ps::<3>(block),
+        ];
+        // SAFETY: the caller's outputs (the mask leaves out columns past `cols`).
+        unsafe {
+            if rows == 4 && cols == 4 {
+                for (r, v) in row_of.into_iter().enumerate() {
+                    _mm_storeu_ps(p.add(r * w), v);
+                }
+            } else {
+                for (r, v) in row_of.into_iter().take(rows).enumerate() {
+                    _mm_mask_storeu_ps(p.add(r * w), mask, v);
+                }
             }
         }
+    }
+}
+
+/// F4's Aᵀ over one dimension: the 4 outputs of 6 transformed values.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn at_f4(v: [__m512; 6]) -> [__m512; 4] {
+    let (p1, m1) = (_mm512_add_ps(v[1], v[2]), _mm512_sub_ps(v[1], v[2]));
+    let (p2, m2) = (_mm512_add_ps(v[3], v[4]), _mm512_sub_ps(v[3], v[4]));
+    [
+        _mm512_add_ps(_mm512_add_ps(v[0], p1), p2),
+        _mm512_fmadd_ps(m2, _mm512_set1_ps(2.0), m1),
+        _mm512_fmadd_ps(p2, _mm512_set1_ps(4.0), p1),
+        _mm512_add_ps(_mm512_fmadd_ps(m2, _mm512_set1_ps(8.0), m1), v[5]),
+    ]
+}
+
+/// The activation of [`Epilogue::apply`] on a vector.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn activate(act: Epilogue, v: __m512) -> __m512 {
+    match act {
+        Epilogue::Identity => v,
+        Epilogue::Relu6 => {
+            _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
+        }
+        // max(x, s * x), as the portable code.
+        Epilogue::Leaky(s) => _mm512_max_ps(v, _mm512_mul_ps(v, _mm512_set1_ps(s))),
     }
 }
