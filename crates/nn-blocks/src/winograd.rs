@@ -695,10 +695,10 @@ fn simd_blocks(
 
 /// `G g Gᵀ` of [`LANES`] 3x3 filters at once: `g[k][l]` is tap k (row-major) of filter
 /// l, `u[ξ][l]` its transformed value ξ (row-major over the patch; the first 16 for
-/// F2). Vectorises across the lanes, with wide vectors where inlined into code for
-/// them (`winograd_avx512`).
+/// F2). Vectorises across the lanes; `winograd_avx512` has the same arithmetic on
+/// AVX-512 registers.
 #[inline(always)]
-pub(crate) fn filter_transform(tile: Tile, g: &[[f32; LANES]; 9], u: &mut [[f32; LANES]; 36]) {
+fn filter_transform(tile: Tile, g: &[[f32; LANES]; 9], u: &mut [[f32; LANES]; 36]) {
     type Row = [f32; LANES];
     let ops = LaneOps {
         add: |a: Row, b: Row| -> Row { std::array::from_fn(|l| a[l] + b[l]) },

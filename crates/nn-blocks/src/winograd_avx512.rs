@@ -22,7 +22,7 @@ use std::arch::x86_64::{
 };
 
 use crate::conv_fast::Epilogue;
-use crate::winograd::{filter_transform, Tile, LANES};
+use crate::winograd::{Tile, LANES};
 
 /// Whether this CPU runs [`transform_block`] and [`output_block_f4`] (AVX-512F and VL;
 /// asked once per process).
@@ -70,8 +70,8 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
 
 /// `u[ξ * pl + (row0 + i) * nc + at + l] = (G g Gᵀ)[ξ]` for the filters g of output
 /// channel `c + l` and input channel `ci0 + i`, `l, i` in 0..16, of `w`
-/// (C_out, C_in, 3, 3). The arithmetic is [`filter_transform`]'s, as in the portable
-/// code, so the results are the same.
+/// (C_out, C_in, 3, 3). The arithmetic is that of the portable
+/// `winograd::filter_transform`, so the results are the same.
 ///
 /// # Safety
 /// The CPU must have AVX-512F ([`available`]).
@@ -79,6 +79,8 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
 /// # Panics
 /// If the block lies outside `w` or `u`.
 #[target_feature(enable = "avx512f")]
+// Row r of G g is element r of each of its columns: an index reads clearest.
+#[allow(clippy::needless_range_loop)]
 pub(crate) unsafe fn transform_block(
     tile: Tile,
     w: &[f32],
@@ -100,32 +102,75 @@ pub(crate) unsafe fn transform_block(
     }
     // taps[16v + e][l] = float 16v + e of channel c + l's run: tap k of input channel
     // ci0 + i is float 9i + k.
-    let mut taps = [[0f32; LANES]; 144];
+    let mut taps = [_mm512_setzero_ps(); 144];
     for v in 0..9 {
         // SAFETY: run l is w[((c + l) * cin + ci0) * 9..][..144], inside w (asserted).
         let rows: [__m512; 16] = std::array::from_fn(|l| unsafe {
             _mm512_loadu_ps(w.as_ptr().add(((c + l) * cin + ci0) * 9 + 16 * v))
         });
-        for (e, col) in transpose16(rows).into_iter().enumerate() {
-            // SAFETY: taps[16v + e] holds 16 floats.
-            unsafe { _mm512_storeu_ps(taps[16 * v + e].as_mut_ptr(), col) };
-        }
+        taps[16 * v..16 * v + 16].copy_from_slice(&transpose16(rows));
     }
-    let mut t = [[0f32; LANES]; 36];
     for i in 0..16 {
-        let g: &[[f32; LANES]; 9] = taps[9 * i..9 * i + 9].try_into().expect("9 taps");
-        filter_transform(tile, g, &mut t);
+        let g = &taps[9 * i..9 * i + 9];
         let at = (row0 + i) * nc + at;
-        for (xi, row) in t[..tile.planes()].iter().enumerate() {
-            // SAFETY: xi * pl + at + 16 <= u.len() (asserted above); row holds 16 floats.
-            unsafe {
-                _mm512_storeu_ps(
-                    u.as_mut_ptr().add(xi * pl + at),
-                    _mm512_loadu_ps(row.as_ptr()),
-                )
-            };
+        // SAFETY: xi * pl + at + 16 <= u.len() for every plane ξ (asserted above).
+        let mut store =
+            |xi: usize, v: __m512| unsafe { _mm512_storeu_ps(u.as_mut_ptr().add(xi * pl + at), v) };
+        // G over each column k of the filter, then over each row i of G g.
+        match tile {
+            Tile::F2 => {
+                let gg: [[__m512; 4]; 3] = std::array::from_fn(|k| g_f2(g[k], g[3 + k], g[6 + k]));
+                for r in 0..4 {
+                    for (j, v) in g_f2(gg[0][r], gg[1][r], gg[2][r]).into_iter().enumerate() {
+                        store(4 * r + j, v);
+                    }
+                }
+            }
+            Tile::F4 => {
+                let gg: [[__m512; 6]; 3] = std::array::from_fn(|k| g_f4(g[k], g[3 + k], g[6 + k]));
+                for r in 0..6 {
+                    for (j, v) in g_f4(gg[0][r], gg[1][r], gg[2][r]).into_iter().enumerate() {
+                        store(6 * r + j, v);
+                    }
+                }
+            }
         }
     }
+}
+
+/// F2's G applied to three taps (a column or a row of a filter), as in
+/// [`filter_transform`].
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn g_f2(a: __m512, b: __m512, d: __m512) -> [__m512; 4] {
+    let half = _mm512_set1_ps(0.5);
+    [
+        a,
+        _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(a, b), d)),
+        _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(a, b), d)),
+        d,
+    ]
+}
+
+/// F4's G applied to three taps, as in [`filter_transform`].
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn g_f4(a: __m512, b: __m512, d: __m512) -> [__m512; 6] {
+    let k = _mm512_set1_ps;
+    let (q, s, t) = (1.0 / 4.0, 1.0 / 6.0, 1.0 / 24.0);
+    let (ta, tb, td) = (
+        _mm512_mul_ps(k(t), a),
+        _mm512_mul_ps(k(2.0 * t), b),
+        _mm512_mul_ps(k(4.0 * t), d),
+    );
+    [
+        _mm512_mul_ps(k(q), a),
+        _mm512_mul_ps(k(-s), _mm512_add_ps(_mm512_add_ps(a, b), d)),
+        _mm512_mul_ps(k(-s), _mm512_add_ps(_mm512_sub_ps(a, b), d)),
+        _mm512_add_ps(_mm512_add_ps(ta, tb), td),
+        _mm512_add_ps(_mm512_sub_ps(ta, tb), td),
+        d,
+    ]
 }
 
 /// `act(Aᵀ M A + bias)` of one F(4x4, 3x3) patch for 16 channels, stored to the image:
