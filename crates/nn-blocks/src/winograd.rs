@@ -58,6 +58,8 @@
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
+use multiversion::multiversion;
+
 use crate::conv_fast::{matmul_into, parallel_for, Epilogue, SharedPtr};
 
 /// Floats of `V` per band of patch rows (8 MiB).
@@ -353,53 +355,20 @@ impl Conv3x3 {
         let (e, q) = rest.split_at_mut(6 * padded_len);
         for r in 0..rows {
             self.patch_rows(x, ci, r0 + r, d, padded_len);
-            // Bᵀ d over the rows.
-            {
-                let [a0, a1, a2, a3, a4, a5]: [&[f32]; 6] = {
-                    let mut it = d.chunks_exact(padded_len);
-                    std::array::from_fn(|_| it.next().expect("6 rows"))
-                };
-                let [e0, e1, e2, e3, e4, e5]: [&mut [f32]; 6] = {
-                    let mut it = e.chunks_exact_mut(padded_len);
-                    std::array::from_fn(|_| it.next().expect("6 rows"))
-                };
-                for c in 0..padded_len {
-                    let (d0, d1, d2, d3, d4, d5) = (a0[c], a1[c], a2[c], a3[c], a4[c], a5[c]);
-                    e0[c] = 4.0 * d0 - 5.0 * d2 + d4;
-                    e1[c] = (d3 + d4) - 4.0 * (d1 + d2);
-                    e2[c] = 4.0 * (d1 - d2) + (d4 - d3);
-                    e3[c] = 2.0 * (d3 - d1) + (d4 - d2);
-                    e4[c] = 2.0 * (d1 - d3) + (d4 - d2);
-                    e5[c] = 4.0 * d1 - 5.0 * d3 + d5;
-                }
-            }
-            // Then B over the columns of each patch: with q0..q3 the columns of a row
-            // by their index mod 4, patch tx has columns q0[tx], q1[tx], q2[tx],
-            // q3[tx], q0[tx + 1], q1[tx + 1].
+            // Bᵀ d over the rows, then B over the columns of each patch.
+            input_rows_f4(d, e, padded_len);
             for (i, row) in e.chunks_exact(padded_len).enumerate() {
-                let [q0, q1, q2, q3]: [&mut [f32]; 4] = {
-                    let mut it = q.chunks_exact_mut(tw + 1);
-                    std::array::from_fn(|_| it.next().expect("4 phases"))
-                };
-                for (k, four) in row.chunks_exact(4).enumerate() {
-                    q0[k] = four[0];
-                    q1[k] = four[1];
-                    q2[k] = four[2];
-                    q3[k] = four[3];
-                }
                 // SAFETY: this task (channel ci) alone writes V[*][ci].
-                let [v0, v1, v2, v3, v4, v5] =
-                    std::array::from_fn(|j| unsafe { self.v_row(vp, rows, 6 * i + j, ci, r) });
-                for k in 0..tw {
-                    let (c0, c1, c2, c3, c4, c5) =
-                        (q0[k], q1[k], q2[k], q3[k], q0[k + 1], q1[k + 1]);
-                    v0[k] = 4.0 * c0 - 5.0 * c2 + c4;
-                    v1[k] = (c3 + c4) - 4.0 * (c1 + c2);
-                    v2[k] = 4.0 * (c1 - c2) + (c4 - c3);
-                    v3[k] = 2.0 * (c3 - c1) + (c4 - c2);
-                    v4[k] = 2.0 * (c1 - c3) + (c4 - c2);
-                    v5[k] = 4.0 * c1 - 5.0 * c3 + c5;
+                let v = std::array::from_fn(|j| unsafe { self.v_row(vp, rows, 6 * i + j, ci, r) });
+                #[cfg(target_arch = "x86_64")]
+                if crate::winograd_avx512::available() {
+                    // SAFETY: AVX-512 (checked); rows of tw floats of this task alone.
+                    unsafe {
+                        crate::winograd_avx512::input_cols_f4(row, v.map(|v| v.as_mut_ptr()), tw)
+                    };
+                    continue;
                 }
+                input_cols_f4(row, q, v);
             }
         }
     }
@@ -448,17 +417,17 @@ impl Conv3x3 {
                 let at = |xi: usize| (xi * nt + j) * nc;
                 #[cfg(target_arch = "x86_64")]
                 for c0 in (0..simd_channels).step_by(LANES) {
-                    let ms: [&[f32; LANES]; 36] = std::array::from_fn(|xi| {
-                        m[at(xi) + c0..][..LANES].try_into().expect("LANES floats")
-                    });
+                    // Element ξ of channel c0 + l at m[at(ξ) + c0 + l]: planes nt * nc
+                    // apart from m[at(0) + c0].
+                    assert!(at(35) + c0 + LANES <= m.len());
                     let bias: &[f32; LANES] =
                         bias[co0 + c0..][..LANES].try_into().expect("LANES biases");
-                    // SAFETY: the CPU has AVX-512F and VL (output_simd); the outputs
-                    // are those of the patch inside the image, in channels
-                    // co0 + c0.. of this task alone.
+                    // SAFETY: the CPU has AVX-512F and VL (output_simd); the 36 runs of
+                    // LANES floats lie in m (asserted); the outputs are those of the
+                    // patch inside the image, in channels co0 + c0.. of this task alone.
                     unsafe {
                         crate::winograd_avx512::output_block_f4(
-                            &ms,
+                            (m.as_ptr().add(at(0) + c0), nt * nc),
                             bias,
                             act,
                             row(c0).wrapping_add(mo * tx),
@@ -514,6 +483,64 @@ impl Conv3x3 {
                 act.apply(rows, bias[co0 + c]);
             }
         }
+    }
+}
+
+/// F4's Bᵀ over the rows: `e` (6 rows of `len`) from the patch rows `d` (the same),
+/// column by column.
+#[multiversion(targets("x86_64+avx512f"))]
+fn input_rows_f4(d: &[f32], e: &mut [f32], len: usize) {
+    let [a0, a1, a2, a3, a4, a5]: [&[f32]; 6] = {
+        let mut it = d.chunks_exact(len);
+        std::array::from_fn(|_| it.next().expect("6 rows"))
+    };
+    let [e0, e1, e2, e3, e4, e5]: [&mut [f32]; 6] = {
+        let mut it = e.chunks_exact_mut(len);
+        std::array::from_fn(|_| it.next().expect("6 rows"))
+    };
+    for c in 0..len {
+        let (d0, d1, d2, d3, d4, d5) = (a0[c], a1[c], a2[c], a3[c], a4[c], a5[c]);
+        e0[c] = 4.0 * d0 - 5.0 * d2 + d4;
+        e1[c] = (d3 + d4) - 4.0 * (d1 + d2);
+        e2[c] = 4.0 * (d1 - d2) + (d4 - d3);
+        e3[c] = 2.0 * (d3 - d1) + (d4 - d2);
+        e4[c] = 2.0 * (d1 - d3) + (d4 - d2);
+        e5[c] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+}
+
+/// F4's B over the columns of each patch of one row of `Bᵀ d` (`row`, 4 (tw + 1)
+/// floats), into the rows `v` (tw floats each) of its six planes; `q` is scratch of
+/// the row's length. With q0..q3 the columns of the row by their index mod 4, patch
+/// tx has columns q0[tx], q1[tx], q2[tx], q3[tx], q0[tx + 1], q1[tx + 1].
+/// (`winograd_avx512` has the same on AVX-512.)
+fn input_cols_f4(row: &[f32], q: &mut [f32], v: [&mut [f32]; 6]) {
+    let tw = v[0].len();
+    let [q0, q1, q2, q3]: [&mut [f32]; 4] = {
+        let mut it = q.chunks_exact_mut(tw + 1);
+        std::array::from_fn(|_| it.next().expect("4 phases"))
+    };
+    for ((((four, a), b), c), d) in row
+        .chunks_exact(4)
+        .zip(q0.iter_mut())
+        .zip(q1.iter_mut())
+        .zip(q2.iter_mut())
+        .zip(q3.iter_mut())
+    {
+        (*a, *b, *c, *d) = (four[0], four[1], four[2], four[3]);
+    }
+    // All of length tw, so that the loop runs without bounds checks and vectorises.
+    let (q0, q0_next, q1, q1_next) = (&q0[..tw], &q0[1..=tw], &q1[..tw], &q1[1..=tw]);
+    let (q2, q3) = (&q2[..tw], &q3[..tw]);
+    let [v0, v1, v2, v3, v4, v5] = v.map(|v| &mut v[..tw]);
+    for k in 0..tw {
+        let (c0, c1, c2, c3, c4, c5) = (q0[k], q1[k], q2[k], q3[k], q0_next[k], q1_next[k]);
+        v0[k] = 4.0 * c0 - 5.0 * c2 + c4;
+        v1[k] = (c3 + c4) - 4.0 * (c1 + c2);
+        v2[k] = 4.0 * (c1 - c2) + (c4 - c3);
+        v3[k] = 2.0 * (c3 - c1) + (c4 - c2);
+        v4[k] = 2.0 * (c1 - c3) + (c4 - c2);
+        v5[k] = 4.0 * c1 - 5.0 * c3 + c5;
     }
 }
 
@@ -851,6 +878,8 @@ mod tests {
             (2, 6, 9, 11, 5),
             (1, 16, 33, 20, 9),
             (1, 8, 6, 7, 4),
+            // Rows of more than 16 patches (F4's input transform takes 16 at a time).
+            (1, 4, 9, 70, 20),
             // 16 (or 36) * c_in * tw floats of V per patch row: several bands;
             // 19 output-channel blocks, the last one short.
             (1, 500, 40, 30, 600),

@@ -14,8 +14,9 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_extractf32x4_ps,
-    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_set1_ps,
+    __m512, __m512i, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_extractf32x4_ps,
+    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_max_ps,
+    _mm512_min_ps, _mm512_mul_ps, _mm512_permutex2var_ps, _mm512_set1_ps, _mm512_setr_epi32,
     _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_sub_ps, _mm512_unpackhi_pd,
     _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps, _mm_mask_storeu_ps, _mm_prefetch,
     _mm_storeu_ps, _MM_HINT_T0,
@@ -174,19 +175,19 @@ fn g_f4(a: __m512, b: __m512, d: __m512) -> [__m512; 6] {
 }
 
 /// `act(Aᵀ M A + bias)` of one F(4x4, 3x3) patch for 16 channels, stored to the image:
-/// `ms[ξ][l]` is element ξ of channel l; channel l's 4x4 block goes to
+/// element ξ of channel l is `m[ξ * plane_stride + l]`; channel l's 4x4 block goes to
 /// `dst + l * channel_stride`, rows `w` apart, its first `rows` rows and `cols` columns
 /// (fewer at the image's bottom and right edges). The arithmetic is the portable
 /// `output_tile_f4`'s, with fused multiply-adds.
 ///
 /// # Safety
-/// The CPU must have AVX-512F and VL ([`available`]); those outputs must be valid for
-/// writes, and no one else's meanwhile.
+/// The CPU must have AVX-512F and VL ([`available`]); the 36 runs of 16 floats of `m`
+/// valid for reads; the outputs valid for writes, and no one else's meanwhile.
 #[target_feature(enable = "avx512f,avx512vl")]
 // s[r][j] from column j's outputs r: indices read clearest.
 #[allow(clippy::needless_range_loop)]
 pub(crate) unsafe fn output_block_f4(
-    ms: &[&[f32; LANES]; 36],
+    (m, plane_stride): (*const f32, usize),
     bias: &[f32; LANES],
     act: Epilogue,
     dst: *mut f32,
@@ -196,8 +197,8 @@ pub(crate) unsafe fn output_block_f4(
     debug_assert!(rows <= 4 && cols <= 4);
     // Aᵀ over the rows i of ξ = 6i + j: s[r][j]; then over the columns: y[4r + c],
     // output (r, c) of the 16 channels.
-    // SAFETY: ms[ξ] holds 16 floats.
-    let m = |xi: usize| unsafe { _mm512_loadu_ps(ms[xi].as_ptr()) };
+    // SAFETY: the caller's 16 floats of plane ξ.
+    let m = |xi: usize| unsafe { _mm512_loadu_ps(m.add(xi * plane_stride)) };
     let mut s = [[_mm512_setzero_ps(); 6]; 4];
     for j in 0..6 {
         let o = at_f4([m(j), m(6 + j), m(12 + j), m(18 + j), m(24 + j), m(30 + j)]);
@@ -264,5 +265,108 @@ fn activate(act: Epilogue, v: __m512) -> __m512 {
         }
         // max(x, s * x), as the portable code.
         Epilogue::Leaky(s) => _mm512_max_ps(v, _mm512_mul_ps(v, _mm512_set1_ps(s))),
+    }
+}
+
+/// F4's B over the columns of each patch of one row of `Bᵀ d` (`row`, at least
+/// 4 tw + 2 floats): `v[j][tx]`, tx in 0..tw, is value j of patch tx, whose columns are
+/// `row[4tx..4tx + 6]`. Sixteen patches at a time: their six columns gathered by
+/// permutes from four (and four more, one patch on) vector loads, masked at the end of
+/// the row and of the patches. The arithmetic is that of the portable
+/// `winograd::input_cols_f4`.
+///
+/// # Safety
+/// The CPU must have AVX-512F ([`available`]); `v[j]` must be valid for writes of `tw`
+/// floats, and no one else's meanwhile.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn input_cols_f4(row: &[f32], v: [*mut f32; 6], tw: usize) {
+    let len = row.len();
+    assert!(len >= 4 * tw + 2);
+    // row[at..at + 16], zeros past its end.
+    let load = |at: usize| -> __m512 {
+        if at + 16 <= len {
+            // SAFETY: inside row.
+            unsafe { _mm512_loadu_ps(row.as_ptr().add(at)) }
+        } else if at < len {
+            // SAFETY: the mask keeps to row's last len - at floats.
+            unsafe {
+                _mm512_maskz_loadu_ps(((1u32 << (len - at)) - 1) as u16, row.as_ptr().add(at))
+            }
+        } else {
+            _mm512_setzero_ps()
+        }
+    };
+    // Lanes 0..8 take floats 4p + j, p in 0..8, of the 32 in (a, b).
+    let idx: [__m512i; 4] = std::array::from_fn(|j| {
+        let j = j as i32;
+        _mm512_setr_epi32(
+            j,
+            4 + j,
+            8 + j,
+            12 + j,
+            16 + j,
+            20 + j,
+            24 + j,
+            28 + j,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+    });
+    // Column j of the 16 patches from the 64 floats of src.
+    let column = |src: &[__m512; 4], j: usize| -> __m512 {
+        let lo = _mm512_permutex2var_ps(src[0], idx[j], src[1]);
+        let hi = _mm512_permutex2var_ps(src[2], idx[j], src[3]);
+        _mm512_shuffle_f32x4::<0x44>(lo, hi)
+    };
+    let k = _mm512_set1_ps;
+    for k0 in (0..tw).step_by(16) {
+        let base = 4 * k0;
+        let a: [__m512; 4] = std::array::from_fn(|m| load(base + 16 * m));
+        let b: [__m512; 4] = std::array::from_fn(|m| load(base + 4 + 16 * m));
+        let (c0, c1, c2, c3) = (column(&a, 0), column(&a, 1), column(&a, 2), column(&a, 3));
+        let (c4, c5) = (column(&b, 0), column(&b, 1));
+        let out = [
+            // 4 c0 - 5 c2 + c4
+            _mm512_add_ps(
+                _mm512_sub_ps(_mm512_mul_ps(k(4.0), c0), _mm512_mul_ps(k(5.0), c2)),
+                c4,
+            ),
+            // (c3 + c4) - 4 (c1 + c2)
+            _mm512_sub_ps(
+                _mm512_add_ps(c3, c4),
+                _mm512_mul_ps(k(4.0), _mm512_add_ps(c1, c2)),
+            ),
+            // 4 (c1 - c2) + (c4 - c3)
+            _mm512_add_ps(
+                _mm512_mul_ps(k(4.0), _mm512_sub_ps(c1, c2)),
+                _mm512_sub_ps(c4, c3),
+            ),
+            // 2 (c3 - c1) + (c4 - c2)
+            _mm512_add_ps(
+                _mm512_mul_ps(k(2.0), _mm512_sub_ps(c3, c1)),
+                _mm512_sub_ps(c4, c2),
+            ),
+            // 2 (c1 - c3) + (c4 - c2)
+            _mm512_add_ps(
+                _mm512_mul_ps(k(2.0), _mm512_sub_ps(c1, c3)),
+                _mm512_sub_ps(c4, c2),
+            ),
+            // 4 c1 - 5 c3 + c5
+            _mm512_add_ps(
+                _mm512_sub_ps(_mm512_mul_ps(k(4.0), c1), _mm512_mul_ps(k(5.0), c3)),
+                c5,
+            ),
+        ];
+        let mask = ((1u32 << (tw - k0).min(16)) - 1) as u16;
+        for (dst, val) in v.iter().zip(out) {
+            // SAFETY: patches k0.. of the caller's rows, the mask keeping below tw.
+            unsafe { _mm512_mask_storeu_ps(dst.add(k0), mask, val) };
+        }
     }
 }
