@@ -185,6 +185,12 @@ impl Conv3x3 {
         let vp = SharedPtr(v.as_mut_ptr().cast::<f32>());
         let out = SharedPtr(out.as_mut_ptr().cast::<f32>());
         let blocks = cout.div_ceil(CO_BLOCK);
+        // Whole blocks of CO_BLOCK output channels take `winograd_avx512::gemm_64` where
+        // the CPU has AVX-512, the others the `gemm` crate.
+        #[cfg(target_arch = "x86_64")]
+        let gemm_simd = crate::winograd_avx512::available()
+            && CO_BLOCK == crate::winograd_avx512::GEMM_ROWS
+            && gemm64_enabled();
         let mut r0 = 0;
         while r0 < all_rows {
             let rows = rows_per_band.min(all_rows - r0);
@@ -233,15 +239,32 @@ impl Conv3x3 {
                             // M[ξ] (nc x nt) (+)= U[ξ] (nc x kc) · V[ξ][ci0.., j0..]
                             // (kc x nt), M column-major: (planes, nt, nc).
                             for xi in 0..np {
-                                // SAFETY: m and u are this thread's; V is only read, and
+                                let (mx, ux, vx) = (
+                                    m[xi * nt * nc..].as_mut_ptr(),
+                                    u[xi * pl..].as_ptr(),
+                                    vp.get().wrapping_add((xi * cin + ci0) * t + j0),
+                                );
+                                // SAFETY: m and u are this thread's (their products lie in
+                                // them: nt * nc and kc * nc floats); V is only read, and
                                 // its columns j0..j0 + nt of rows ξ * C_in + ci0.. lie in
-                                // the band.
+                                // the band. gemm_64 with AVX-512 (checked).
                                 unsafe {
+                                    #[cfg(target_arch = "x86_64")]
+                                    if nc == CO_BLOCK && gemm_simd {
+                                        crate::winograd_avx512::gemm_64(
+                                            (nt, kc),
+                                            mx,
+                                            ux,
+                                            (vx, t),
+                                            ci0 > 0,
+                                        );
+                                        continue;
+                                    }
                                     matmul_into(
                                         (nc, nt, kc),
-                                        (m.as_mut_ptr().add(xi * nt * nc), 1, nc),
-                                        (u.as_ptr().add(xi * pl), 1, nc),
-                                        (vp.get().add((xi * cin + ci0) * t + j0), t, 1),
+                                        (mx, 1, nc),
+                                        (ux, 1, nc),
+                                        (vx, t, 1),
                                         ci0 > 0,
                                     )
                                 }
@@ -542,6 +565,14 @@ fn input_cols_f4(row: &[f32], q: &mut [f32], v: [&mut [f32]; 6]) {
         v4[k] = 2.0 * (c1 - c3) + (c4 - c2);
         v5[k] = 4.0 * c1 - 5.0 * c3 + c5;
     }
+}
+
+/// Whether `winograd_avx512::gemm_64` serves the GEMMs it can (`NN_BLOCKS_GEMM64=0`
+/// keeps the `gemm` crate's, for comparisons; read once per process).
+#[cfg(target_arch = "x86_64")]
+fn gemm64_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| crate::process::switched_on("NN_BLOCKS_GEMM64"))
 }
 
 /// Whether F4's output transform runs in `winograd_avx512` (x86-64 with AVX-512F and

@@ -370,3 +370,86 @@ pub(crate) unsafe fn input_cols_f4(row: &[f32], v: [*mut f32; 6], tw: usize) {
         }
     }
 }
+
+/// Rows of [`gemm_64`]'s products: four vectors of 16.
+pub(crate) const GEMM_ROWS: usize = 64;
+
+/// `M (+)= U · V` for one plane of a Winograd task: M (64 x n) column-major (column j
+/// at `m + 64 j`), U (64 x k) column-major (column kk at `u + 64 kk`), V (k x n)
+/// row-major with rows `v_stride` apart; adds to M where `accumulate`, else
+/// overwrites it.
+///
+/// The `gemm` crate's kernel for the same product first copies U into its packed
+/// layout, which U already has; here U is read in place, 64 x 6 blocks of M are held
+/// in 24 registers while k runs, and V's six values per step are broadcast straight
+/// from its rows.
+///
+/// # Safety
+/// The CPU must have AVX-512F ([`available`]); the three matrices must be valid for
+/// those reads and writes, and M no one else's meanwhile.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn gemm_64(
+    (n, k): (usize, usize),
+    m: *mut f32,
+    u: *const f32,
+    (v, v_stride): (*const f32, usize),
+    accumulate: bool,
+) {
+    let mut j = 0;
+    while j + 6 <= n {
+        // SAFETY: columns j..j + 6, inside n (the caller's word for the rest).
+        unsafe { gemm_tile::<6>(k, m.add(GEMM_ROWS * j), u, (v.add(j), v_stride), accumulate) };
+        j += 6;
+    }
+    // SAFETY: the last n - j < 6 columns.
+    unsafe {
+        let (m, v) = (m.add(GEMM_ROWS * j), (v.add(j), v_stride));
+        match n - j {
+            0 => {}
+            1 => gemm_tile::<1>(k, m, u, v, accumulate),
+            2 => gemm_tile::<2>(k, m, u, v, accumulate),
+            3 => gemm_tile::<3>(k, m, u, v, accumulate),
+            4 => gemm_tile::<4>(k, m, u, v, accumulate),
+            _ => gemm_tile::<5>(k, m, u, v, accumulate),
+        }
+    }
+}
+
+/// [`gemm_64`] for N columns of M: 4 x N accumulators.
+///
+/// # Safety
+/// As [`gemm_64`], for n = N.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemm_tile<const N: usize>(
+    k: usize,
+    m: *mut f32,
+    u: *const f32,
+    (v, v_stride): (*const f32, usize),
+    accumulate: bool,
+) {
+    // SAFETY (all blocks below): inside the caller's matrices.
+    let mut acc = [[_mm512_setzero_ps(); 4]; N];
+    if accumulate {
+        for (c, col) in acc.iter_mut().enumerate() {
+            for (r, a) in col.iter_mut().enumerate() {
+                *a = unsafe { _mm512_loadu_ps(m.add(GEMM_ROWS * c + 16 * r)) };
+            }
+        }
+    }
+    for kk in 0..k {
+        let (uk, vk) = unsafe { (u.add(GEMM_ROWS * kk), v.add(kk * v_stride)) };
+        let a: [__m512; 4] = std::array::from_fn(|r| unsafe { _mm512_loadu_ps(uk.add(16 * r)) });
+        for (c, col) in acc.iter_mut().enumerate() {
+            let b = _mm512_set1_ps(unsafe { *vk.add(c) });
+            for (r, x) in col.iter_mut().enumerate() {
+                *x = _mm512_fmadd_ps(a[r], b, *x);
+            }
+        }
+    }
+    for (c, col) in acc.iter().enumerate() {
+        for (r, a) in col.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(m.add(GEMM_ROWS * c + 16 * r), *a) };
+        }
+    }
+}
