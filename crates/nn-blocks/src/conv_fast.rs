@@ -990,6 +990,61 @@ pub fn bias_act_owned(y: Tensor, bias: Option<&Tensor>, activation: Activation) 
     Ok(y)
 }
 
+/// `y + x`, adding `x` into `y`'s own buffer on the CPU with `f32` when the fast path is
+/// on and neither takes part in autograd: a residual connection without a fourth
+/// activation-sized tensor (Darknet53's blocks). `y` must not be shared with anyone who
+/// still needs its old values (e.g. a convolution output just created); otherwise, and
+/// for shapes that differ, this is candle's `y + x`.
+pub fn add_owned(y: Tensor, x: &Tensor) -> Result<Tensor> {
+    let fast = y.device().is_cpu()
+        && x.device().is_cpu()
+        && y.dtype() == DType::F32
+        && x.dtype() == DType::F32
+        && y.shape() == x.shape()
+        && y.is_contiguous()
+        && x.is_contiguous()
+        && !y.track_op()
+        && !x.track_op()
+        && fast_conv_enabled();
+    if !fast {
+        return y + x;
+    }
+    y.inplace_op2(x, &AddInPlace)?;
+    Ok(y)
+}
+
+/// The in-place `y += x` of [`add_owned`].
+struct AddInPlace;
+
+impl InplaceOp2 for AddInPlace {
+    fn name(&self) -> &'static str {
+        "add-inplace"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        src_s: &CpuStorage,
+        src_l: &Layout,
+    ) -> Result<()> {
+        let Some((start, end)) = dst_l.contiguous_offsets() else {
+            candle_core::bail!("add-inplace: output must be contiguous")
+        };
+        let src = contiguous_f32(src_s, src_l, "addend")?;
+        let CpuStorage::F32(data) = dst else {
+            candle_core::bail!("add-inplace: f32 only")
+        };
+        // Pieces of 64 Ki floats, over the threads.
+        const PIECE: usize = 64 * 1024;
+        for_each_chunk_mut(&mut data[start..end], PIECE, |i, piece| {
+            let src = &src[i * PIECE..][..piece.len()];
+            piece.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        });
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1176,5 +1231,34 @@ mod tests {
             let got = bias_act_owned(y.copy().unwrap(), Some(&bias), act).unwrap();
             assert!(max_rel_diff(&got, &want) < 1e-6, "{act:?}");
         }
+    }
+
+    /// The in-place residual add against candle's, and its fallbacks: a non-contiguous
+    /// addend, different shapes (broadcast refused like candle's), a tracked tensor.
+    #[test]
+    fn add_owned_matches_candle() {
+        let dev = Device::Cpu;
+        // More than one piece of 64 Ki floats, the last one short.
+        let y = Tensor::randn(0f32, 1., (2, 3, 150, 170), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 3, 150, 170), &dev).unwrap();
+        let want = (&y + &x).unwrap();
+        let got = add_owned(y.copy().unwrap(), &x).unwrap();
+        assert_eq!(max_abs_diff(&got, &want), 0.0);
+        // A transposed (non-contiguous) addend.
+        let xt = Tensor::randn(0f32, 1., (2, 3, 170, 150), &dev)
+            .unwrap()
+            .transpose(2, 3)
+            .unwrap();
+        let want = (&y + &xt).unwrap();
+        let got = add_owned(y.copy().unwrap(), &xt).unwrap();
+        assert_eq!(max_abs_diff(&got, &want), 0.0);
+        // Shapes that differ: candle's error, not a wrong sum.
+        let small = Tensor::randn(0f32, 1., (1, 3, 150, 170), &dev).unwrap();
+        assert!(add_owned(y.copy().unwrap(), &small).is_err());
+        // A tracked tensor keeps candle's op (and its gradient).
+        let v = candle_core::Var::from_tensor(&x).unwrap();
+        let sum = add_owned(y.copy().unwrap(), v.as_tensor()).unwrap();
+        let grads = sum.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(v.as_tensor()).is_some());
     }
 }

@@ -62,8 +62,8 @@ use multiversion::multiversion;
 
 use crate::conv_fast::{matmul_into, parallel_for, Epilogue, SharedPtr};
 
-/// Floats of `V` per band of patch rows (8 MiB).
-const BAND_BUDGET: usize = 2 * 1024 * 1024;
+/// Floats of `V` per band of patch rows (4 MiB).
+const BAND_BUDGET: usize = 1024 * 1024;
 
 /// Output channels per task: the row block of its GEMMs.
 const CO_BLOCK: usize = 64;

@@ -101,18 +101,22 @@ pub(crate) unsafe fn transform_block(
             _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(16 * line).cast());
         }
     }
-    // taps[16v + e][l] = float 16v + e of channel c + l's run: tap k of input channel
-    // ci0 + i is float 9i + k.
-    let mut taps = [_mm512_setzero_ps(); 144];
+    // taps[16v + e], lane l: float 16v + e of channel c + l's run, where tap k of input
+    // channel ci0 + i is float 9i + k. Left uninitialised (zeroing it cost a memset of
+    // 9 KiB per block): all 144 are written below before any is read.
+    let mut taps = [std::mem::MaybeUninit::<__m512>::uninit(); 144];
     for v in 0..9 {
         // SAFETY: run l is w[((c + l) * cin + ci0) * 9..][..144], inside w (asserted).
         let rows: [__m512; 16] = std::array::from_fn(|l| unsafe {
             _mm512_loadu_ps(w.as_ptr().add(((c + l) * cin + ci0) * 9 + 16 * v))
         });
-        taps[16 * v..16 * v + 16].copy_from_slice(&transpose16(rows));
+        for (t, col) in taps[16 * v..16 * v + 16].iter_mut().zip(transpose16(rows)) {
+            t.write(col);
+        }
     }
     for i in 0..16 {
-        let g = &taps[9 * i..9 * i + 9];
+        // SAFETY: all 144 taps were written above.
+        let g: [__m512; 9] = std::array::from_fn(|k| unsafe { taps[9 * i + k].assume_init() });
         let at = (row0 + i) * nc + at;
         // SAFETY: xi * pl + at + 16 <= u.len() for every plane ξ (asserted above).
         let mut store =
