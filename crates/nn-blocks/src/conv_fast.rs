@@ -19,9 +19,9 @@
 //! uses, with its AVX-512 kernels (the `x86-v4` feature, picked at run time).
 //!
 //! 3x3 stride-1 convolutions with at least [`WINOGRAD_MIN_POSITIONS`] outputs and
-//! [`WINOGRAD_MIN_CHANNELS`] input channels take Winograd's F(2x2, 3x3) instead
-//! (`crate::winograd`: 16 GEMMs, 2.25x fewer multiply-adds; `NN_BLOCKS_WINOGRAD=0`
-//! turns it off).
+//! [`WINOGRAD_MIN_CHANNELS`] input channels take Winograd's F(4x4, 3x3) instead, or
+//! F(2x2, 3x3) on maps thinner than 13 (`crate::winograd`: 36 or 16 GEMMs, 4x or 2.25x
+//! fewer multiply-adds; `NN_BLOCKS_WINOGRAD=0` turns it off).
 //!
 //! [`depthwise_conv2d_bias_act`] does the same for 3x3 depthwise convolutions (stride 1
 //! or 2, padding 1): one row kernel that sums the nine taps in registers and applies the
@@ -67,14 +67,14 @@ pub fn fast_conv_enabled() -> bool {
 }
 
 /// Whether 3x3 stride-1 convolutions with at least [`WINOGRAD_MIN_POSITIONS`] output
-/// positions and [`WINOGRAD_MIN_CHANNELS`] input channels run Winograd's F(2x2, 3x3)
+/// positions and [`WINOGRAD_MIN_CHANNELS`] input channels run Winograd's algorithm
 /// (`NN_BLOCKS_WINOGRAD=0` turns it off; read once per process).
 pub fn winograd_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| crate::process::switched_on("NN_BLOCKS_WINOGRAD"))
 }
 
-/// Whether Winograd's F(4x4, 3x3) serves the images it suits (26x26 and up),
+/// Whether Winograd's F(4x4, 3x3) serves the images it suits (both sides 13 or more),
 /// F(2x2, 3x3) the rest (`NN_BLOCKS_WINOGRAD_F4=0` keeps F(2x2, 3x3) everywhere; read
 /// once per process).
 pub fn winograd_f4_enabled() -> bool {
@@ -83,10 +83,9 @@ pub fn winograd_f4_enabled() -> bool {
 }
 
 /// Smallest output (H * W) that takes the Winograd path: 13x13, YOLOv3's smallest map
-/// at 416, where Winograd takes the 512 -> 1024 layer from about 8.0 to 6.5 ms (2
-/// threads). Smaller maps keep the direct path: there the 16 GEMMs get narrower still
-/// (ceil(H/2) * ceil(W/2) patches) while the filter transform, done at every call,
-/// costs the same.
+/// at 416, where Winograd takes the 512 -> 1024 layer from about 8.0 ms to 5.7 ms (2
+/// threads, F4). Smaller maps keep the direct path: there the GEMMs get narrower still
+/// while the filter transform, done at every call, costs the same.
 pub const WINOGRAD_MIN_POSITIONS: usize = 13 * 13;
 /// Fewest input channels that take the Winograd path: with fewer, the GEMMs are too
 /// shallow and the input transform dominates (the 3-channel first layer).

@@ -30,13 +30,14 @@
 //!
 //! Summed over the input channels, the element-wise product becomes (m + 2)²
 //! independent GEMMs, `M[ξ] (C_out x T) = U[ξ] (C_out x C_in) · V[ξ] (C_in x T)` over
-//! the T patches, which run on the same `gemm` crate kernels as [`crate::conv_fast`]:
-//! 2.25x (F2) or 4x (F4) fewer multiply-adds than the direct convolution. F2's
+//! the T patches: 2.25x (F2) or 4x (F4) fewer multiply-adds than the direct
+//! convolution. They run on the `gemm` crate's kernels, or where the CPU has AVX-512 on
+//! `winograd_avx512::gemm_64`, which reads the transformed filters in place. F2's
 //! transforms use only additions and halvings, so its results stay within float
 //! rounding of the direct ones; F4's larger constants cost about a decimal digit
 //! (relative error about 1e-6 per layer where F2's is 1e-7), still well inside the
 //! parity tests' 1e-4 for whole models. [`Tile::for_image`] picks F4 where it saves
-//! time.
+//! time: every map of YOLOv3 at 416.
 //!
 //! The input transform covers a band of patch rows at a time, across the images of the
 //! batch, so that `V` stays a few MiB. The rest is split into tasks of [`CO_BLOCK`]
@@ -46,10 +47,11 @@
 //! GEMMs into another and writes its outputs. Both buffers are column-major, the layout
 //! in which the `gemm` crate's kernels run fastest on these small products (about
 //! 105 GFLOP/s per core for 64 x 49 x 512 where a row-major result reaches 80; the
-//! `gemm` crate turns a row-major result into a transposed product). Against one
-//! transform of all filters and GEMMs over all output channels, this took the 3x3
-//! layers of Darknet53 at 208, 104 and 52 pixels from 18, 11 and 9 ms to 10, 6 and 5 ms
-//! (2 threads, F2).
+//! `gemm` crate turns a row-major result into a transposed product), and the one
+//! `gemm_64` reads U in. Against one transform of all filters and GEMMs over all
+//! output channels, this took the 3x3 layers of Darknet53 at 208, 104 and 52 pixels
+//! from 18, 11 and 9 ms to 10, 6 and 5 ms (2 threads, F2); F4 and the AVX-512 kernels
+//! then to 4.6, 3.5 and 2.9 ms.
 
 // GEMMs through the `gemm` crate's raw-pointer entry point, and parallel tasks writing
 // disjoint parts of shared buffers.
@@ -87,12 +89,13 @@ pub(crate) enum Tile {
 }
 
 impl Tile {
-    /// The tile for an (H, W) image: F4 from 26x26 up, where its 36 GEMMs over a
-    /// quarter as many patches take less time than F2's 16 (at 13x13, four 4x4 blocks
-    /// a side cover 16x16 and the GEMMs get too narrow). `NN_BLOCKS_WINOGRAD_F4=0`
+    /// The tile for an (H, W) image: F4 when both sides are at least 13, where its 36
+    /// GEMMs over a quarter as many patches take less time than F2's 16 (even at 13x13,
+    /// where four 4x4 blocks a side overhang to 16x16: 512x13²->1024 6.5 -> 5.7 ms);
+    /// F2 on thinner maps, where F4's blocks would overhang more. `NN_BLOCKS_WINOGRAD_F4=0`
     /// keeps F2 everywhere.
     pub(crate) fn for_image(h: usize, w: usize) -> Tile {
-        if h.min(w) >= 26 && crate::conv_fast::winograd_f4_enabled() {
+        if h.min(w) >= 13 && crate::conv_fast::winograd_f4_enabled() {
             Tile::F4
         } else {
             Tile::F2
