@@ -898,6 +898,65 @@ mod tests {
         }
     }
 
+    /// F4's input transform over the columns of a row, portable and (where the CPU has
+    /// it) AVX-512, against Bᵀ applied to each patch's six columns by a plain matrix
+    /// product: rows of fewer than 16 patches, exactly 16, and more.
+    #[test]
+    fn input_columns_match_matrix_products() {
+        let bt: [[f64; 6]; 6] = [
+            [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+            [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+            [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+            [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+            [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+            [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+        ];
+        for tw in [1, 5, 13, 16, 17, 40] {
+            let row: Vec<f32> = (0..4 * (tw + 1))
+                .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+                .collect();
+            let mut want = vec![[0f64; 6]; tw];
+            for (tx, w) in want.iter_mut().enumerate() {
+                for (j, wj) in w.iter_mut().enumerate() {
+                    *wj = (0..6).map(|k| bt[j][k] * row[4 * tx + k] as f64).sum();
+                }
+            }
+            let check = |v: &[Vec<f32>], which: &str| {
+                for (j, vj) in v.iter().enumerate() {
+                    for (tx, &got) in vj.iter().enumerate() {
+                        let w = want[tx][j];
+                        assert!(
+                            (got as f64 - w).abs() < 1e-5,
+                            "{which} tw {tw} patch {tx} value {j}: {got} vs {w}"
+                        );
+                    }
+                }
+            };
+            let mut v = vec![vec![f32::NAN; tw]; 6];
+            let mut q = vec![0f32; 4 * (tw + 1)];
+            {
+                let mut it = v.iter_mut();
+                let rows = std::array::from_fn(|_| it.next().expect("6 rows").as_mut_slice());
+                input_cols_f4(&row, &mut q, rows);
+            }
+            check(&v, "portable");
+            #[cfg(target_arch = "x86_64")]
+            if crate::winograd_avx512::available() {
+                // A float past each row: the masked stores must leave it alone.
+                let mut v = vec![vec![f32::NAN; tw + 1]; 6];
+                let ptrs = std::array::from_fn(|j| v[j].as_mut_ptr());
+                // SAFETY: AVX-512 (checked); rows of tw (+ 1) floats.
+                unsafe { crate::winograd_avx512::input_cols_f4(&row, ptrs, tw) };
+                assert!(
+                    v.iter().all(|r| r[tw].is_nan()),
+                    "tw {tw}: wrote past the row"
+                );
+                let v: Vec<Vec<f32>> = v.into_iter().map(|r| r[..tw].to_vec()).collect();
+                check(&v, "AVX-512");
+            }
+        }
+    }
+
     /// Winograd against candle's direct convolution (plus bias and activation), both
     /// tiles, on odd and degenerate sides, sides that are not a multiple of 4, batch 2,
     /// one and three threads, one band and several.
