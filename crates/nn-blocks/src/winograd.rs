@@ -525,14 +525,22 @@ fn input_rows_f4(d: &[f32], e: &mut [f32], len: usize) {
         std::array::from_fn(|_| it.next().expect("6 rows"))
     };
     for c in 0..len {
-        let (d0, d1, d2, d3, d4, d5) = (a0[c], a1[c], a2[c], a3[c], a4[c], a5[c]);
-        e0[c] = 4.0 * d0 - 5.0 * d2 + d4;
-        e1[c] = (d3 + d4) - 4.0 * (d1 + d2);
-        e2[c] = 4.0 * (d1 - d2) + (d4 - d3);
-        e3[c] = 2.0 * (d3 - d1) + (d4 - d2);
-        e4[c] = 2.0 * (d1 - d3) + (d4 - d2);
-        e5[c] = 4.0 * d1 - 5.0 * d3 + d5;
+        [e0[c], e1[c], e2[c], e3[c], e4[c], e5[c]] =
+            bt_f4([a0[c], a1[c], a2[c], a3[c], a4[c], a5[c]]);
     }
+}
+
+/// F4's Bᵀ applied to six values (a column or a row of a patch).
+#[inline(always)]
+fn bt_f4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
+    [
+        4.0 * d0 - 5.0 * d2 + d4,
+        (d3 + d4) - 4.0 * (d1 + d2),
+        4.0 * (d1 - d2) + (d4 - d3),
+        2.0 * (d3 - d1) + (d4 - d2),
+        2.0 * (d1 - d3) + (d4 - d2),
+        4.0 * d1 - 5.0 * d3 + d5,
+    ]
 }
 
 /// F4's B over the columns of each patch of one row of `Bᵀ d` (`row`, 4 (tw + 1)
@@ -555,18 +563,13 @@ fn input_cols_f4(row: &[f32], q: &mut [f32], v: [&mut [f32]; 6]) {
     {
         (*a, *b, *c, *d) = (four[0], four[1], four[2], four[3]);
     }
-    // All of length tw, so that the loop runs without bounds checks and vectorises.
+    // All of length tw, so that the loop runs without bounds checks.
     let (q0, q0_next, q1, q1_next) = (&q0[..tw], &q0[1..=tw], &q1[..tw], &q1[1..=tw]);
     let (q2, q3) = (&q2[..tw], &q3[..tw]);
     let [v0, v1, v2, v3, v4, v5] = v.map(|v| &mut v[..tw]);
     for k in 0..tw {
-        let (c0, c1, c2, c3, c4, c5) = (q0[k], q1[k], q2[k], q3[k], q0_next[k], q1_next[k]);
-        v0[k] = 4.0 * c0 - 5.0 * c2 + c4;
-        v1[k] = (c3 + c4) - 4.0 * (c1 + c2);
-        v2[k] = 4.0 * (c1 - c2) + (c4 - c3);
-        v3[k] = 2.0 * (c3 - c1) + (c4 - c2);
-        v4[k] = 2.0 * (c1 - c3) + (c4 - c2);
-        v5[k] = 4.0 * c1 - 5.0 * c3 + c5;
+        [v0[k], v1[k], v2[k], v3[k], v4[k], v5[k]] =
+            bt_f4([q0[k], q1[k], q2[k], q3[k], q0_next[k], q1_next[k]]);
     }
 }
 
