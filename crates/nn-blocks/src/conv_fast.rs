@@ -1081,7 +1081,7 @@ mod tests {
         // Narrow tiles: the output channels are split over the threads instead.
         (1, 256, 26, 26, 40, 3, 1, 1),
         (2, 100, 13, 13, 70, 3, 1, 1),
-        // Winograd (3x3, stride 1, at least 26x26 outputs, 16 channels): odd sides,
+        // Winograd (3x3, stride 1, at least 13x13 outputs, 16 channels): odd sides,
         // batch 2; several bands of patch rows.
         (2, 17, 53, 61, 7, 3, 1, 1),
         (1, 64, 64, 100, 200, 3, 1, 1),
@@ -1094,6 +1094,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1., (b, cin, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., cout, &dev).unwrap();
+            let pre_activation = reference(&x, &wt, &bias, s, p, Activation::Identity);
             for act in [
                 Activation::Identity,
                 Activation::Relu6,
@@ -1101,9 +1102,15 @@ mod tests {
             ] {
                 let got = conv2d_bias_act(&x, &wt, Some(&bias), s, p, act).unwrap();
                 let want = reference(&x, &wt, &bias, s, p, act);
-                let d = max_rel_diff(&got, &want);
+                // Relative to the scale before the activation (Relu6 caps the output).
+                let d = max_abs_diff(&got, &want) / max_abs(&pre_activation);
+                // Winograd's F(4x4, 3x3) costs about a decimal digit (see crate::winograd).
+                let winograd = (k, s, p) == (3, 1, 1)
+                    && h * w >= WINOGRAD_MIN_POSITIONS
+                    && cin >= WINOGRAD_MIN_CHANNELS;
+                let tolerance = if winograd { 5e-5 } else { 1e-5 };
                 assert!(
-                    d < 1e-5,
+                    d < tolerance,
                     "{b}x{cin}x{h}x{w} -> {cout} k{k} s{s} p{p} {act:?}: {d}"
                 );
             }
