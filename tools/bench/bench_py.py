@@ -83,6 +83,7 @@ def report(impl, args, times, extra):
         "ms_per_image": round(per_image, 3),
         "images_per_s": round(1e3 / per_image, 3),
         "peak_rss_mib": round(peak_rss_mib(), 1),
+        "times_ms": [round(t, 3) for t in times],
     }
     out.update(extra)
     print(json.dumps(out), flush=True)

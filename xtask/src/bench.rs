@@ -6,7 +6,9 @@
 //!    (`target/bench/`);
 //! 3. for each model (YoloBody-mobilenetv2-20 and YoloBody-darknet53-80 at 416) and each
 //!    batch size, runs ours, PyTorch eager and ONNX Runtime one after the other, each in
-//!    its own process (so that the peak RSS is its own) with the same thread count;
+//!    its own process (so that the peak RSS is its own) with the same thread count, in
+//!    `--rounds` turns whose timed runs are pooled (a shared machine's bursts of load
+//!    then fall on all three);
 //! 4. times `yolo-cli run` end to end on copies of `model_data/dog.jpg` with synthetic
 //!    darknet53 weights written as safetensors, split into load / preprocess /
 //!    inference / postprocess as the CLI reports it;
@@ -22,12 +24,18 @@ use serde_json::Value;
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Timed iterations per configuration (the median is reported).
+    /// Timed iterations per configuration, over all rounds (the median is reported).
     #[arg(long, default_value_t = 20)]
     iters: usize,
-    /// Untimed warm-up iterations.
+    /// Untimed warm-up iterations (in each round).
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Rounds per configuration: ours, PyTorch and ONNX Runtime take turns, each round
+    /// timing ceil(iters / rounds) runs of each, and the medians are of all the runs
+    /// pooled, so that a burst of load from the machine's neighbours lands on all three
+    /// rather than on whichever was running.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// Threads for every implementation (RAYON_NUM_THREADS, torch.set_num_threads,
     /// ORT intra-op threads).
     #[arg(long, default_value_t = 2)]
@@ -140,6 +148,61 @@ fn python_env(root: &Path, python: &str) -> Result<PathBuf> {
         std::fs::write(venv.join(".installed-bench"), "")?;
     }
     Ok(py)
+}
+
+/// One implementation's rounds of a configuration as one record: the median, minimum
+/// and maximum of all their timed runs (`times_ms`) pooled, per batch and per image,
+/// and the largest peak RSS; `None` for no rounds.
+fn pooled(rounds: &[Value], batch: usize) -> Result<Option<Value>> {
+    let Some(first) = rounds.first() else {
+        return Ok(None);
+    };
+    let mut times = Vec::new();
+    for r in rounds {
+        let t = r
+            .get("times_ms")
+            .and_then(Value::as_array)
+            .with_context(|| format!("no times_ms in {r}"))?;
+        times.extend(t.iter().filter_map(Value::as_f64));
+    }
+    if times.is_empty() {
+        bail!("no timed runs in {first}");
+    }
+    times.sort_by(f64::total_cmp);
+    let median = median(&times);
+    let per_image = median / batch as f64;
+    let rss = rounds
+        .iter()
+        .filter_map(|r| f(r, "peak_rss_mib"))
+        .fold(f64::NAN, f64::max);
+    let mut out = first.clone();
+    let obj = out
+        .as_object_mut()
+        .context("a record that is not an object")?;
+    obj.remove("times_ms");
+    for (k, v) in [
+        ("median_ms", median),
+        ("min_ms", times[0]),
+        ("max_ms", times[times.len() - 1]),
+        ("ms_per_image", per_image),
+        ("images_per_s", 1e3 / per_image),
+        ("peak_rss_mib", rss),
+    ] {
+        obj.insert(k.into(), serde_json::json!(v));
+    }
+    obj.insert("rounds".into(), serde_json::json!(rounds.len()));
+    obj.insert("pooled_runs".into(), serde_json::json!(times.len()));
+    Ok(Some(out))
+}
+
+/// The median of sorted values (the mean of the middle two for an even count).
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 fn f(v: &Value, key: &str) -> Option<f64> {
@@ -294,12 +357,14 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         Some(python_env(root, &args.python)?)
     };
     let threads = args.threads.to_string();
+    let rounds = args.rounds as usize;
+    let per_round = args.iters.div_ceil(rounds);
     let common = |cmd: &mut Command, m: &Model, batch: usize| {
         cmd.args(["--backbone", m.backbone])
             .args(["--num-classes", &m.num_classes.to_string()])
             .args(["--size", &args.size.to_string()])
             .args(["--batch", &batch.to_string()])
-            .args(["--iters", &args.iters.to_string()])
+            .args(["--iters", &per_round.to_string()])
             .args(["--warmup", &args.warmup.to_string()])
             .env("RAYON_NUM_THREADS", &threads)
             .env("OMP_NUM_THREADS", &threads)
@@ -322,9 +387,25 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             }
         }
         for &batch in &args.batches {
-            let mut cmd = Command::new(&ours_bin);
-            common(&mut cmd, m, batch);
-            let ours = run_json(&mut cmd)?;
+            // Each round: ours, then PyTorch and ONNX Runtime, each in its own process.
+            let (mut ours, mut torch, mut ort) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let mut cmd = Command::new(&ours_bin);
+                common(&mut cmd, m, batch);
+                ours.push(run_json(&mut cmd)?);
+                if let Some(py) = &py {
+                    let mut cmd = Command::new(py);
+                    cmd.arg(root.join("tools/bench/bench_py.py")).arg("torch");
+                    common(&mut cmd, m, batch);
+                    torch.push(run_json(cmd.args(["--threads", &threads]))?);
+                    let mut cmd = Command::new(py);
+                    cmd.arg(root.join("tools/bench/bench_py.py")).arg("ort");
+                    common(&mut cmd, m, batch);
+                    ort.push(run_json(
+                        cmd.args(["--threads", &threads]).arg("--onnx").arg(&onnx),
+                    )?);
+                }
+            }
             let candle = if args.candle_baseline && batch == 1 {
                 let mut cmd = Command::new(&ours_bin);
                 common(&mut cmd, m, batch);
@@ -332,23 +413,14 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             } else {
                 None
             };
-            let (torch, ort) = match &py {
-                Some(py) => {
-                    let mut cmd = Command::new(py);
-                    cmd.arg(root.join("tools/bench/bench_py.py")).arg("torch");
-                    common(&mut cmd, m, batch);
-                    let torch = run_json(cmd.args(["--threads", &threads]))?;
-                    let mut cmd = Command::new(py);
-                    cmd.arg(root.join("tools/bench/bench_py.py")).arg("ort");
-                    common(&mut cmd, m, batch);
-                    let ort = run_json(cmd.args(["--threads", &threads]).arg("--onnx").arg(&onnx))?;
-                    (Some(torch), Some(ort))
-                }
-                None => (None, None),
-            };
+            records.extend(ours.iter().chain(&torch).chain(&ort).cloned());
+            let (ours, torch, ort) = (
+                pooled(&ours, batch)?,
+                pooled(&torch, batch)?,
+                pooled(&ort, batch)?,
+            );
             let ms = |v: &Option<Value>| v.as_ref().and_then(|v| f(v, "ms_per_image"));
             let rss = |v: &Option<Value>| v.as_ref().and_then(|v| f(v, "peak_rss_mib"));
-            let ours = Some(ours);
             rows.push(format!(
                 "| {} | {batch} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} |",
                 m.label,
@@ -387,8 +459,14 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
 
     println!();
     println!(
-        "{} x {} f32, {} threads, median of {} after {} warm-up runs; ms per image",
-        args.size, args.size, args.threads, args.iters, args.warmup
+        "{} x {} f32, {} threads, median of {} runs ({} alternating rounds of {} after {} warm-up runs each); ms per image",
+        args.size,
+        args.size,
+        args.threads,
+        per_round * rounds,
+        rounds,
+        per_round,
+        args.warmup
     );
     println!("machine at start: {started}");
     println!("machine at end:   {}", machine());

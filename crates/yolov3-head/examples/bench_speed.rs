@@ -7,7 +7,8 @@
 //!
 //! Builds the model on deterministic synthetic weights (`nn_blocks::weights::SyntheticWeights`),
 //! runs `warmup` untimed passes then `iters` timed ones, and prints one JSON object on
-//! stdout: median / min / max milliseconds per batch, per image, images per second, the
+//! stdout: median / min / max milliseconds per batch (and every timed run, `times_ms`),
+//! per image, images per second, the
 //! load time and the process's peak RSS (`VmHWM`). Run one configuration per process so
 //! that the peak RSS belongs to it.
 
@@ -115,7 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{{\"impl\":\"yolo-rs\",\"backbone\":\"{}\",\"num_classes\":{},\"size\":{},\"batch\":{},\
          \"threads\":{},\"fast_conv\":{},\"iters\":{},\"warmup\":{},\"median_ms\":{:.3},\
          \"min_ms\":{:.3},\"max_ms\":{:.3},\"ms_per_image\":{:.3},\"images_per_s\":{:.3},\
-         \"backbone_ms\":{:.3},\"load_ms\":{:.1},\"peak_rss_mib\":{:.1}}}",
+         \"backbone_ms\":{:.3},\"load_ms\":{:.1},\"peak_rss_mib\":{:.1},\"times_ms\":[{}]}}",
         args.backbone,
         args.num_classes,
         args.size,
@@ -132,6 +133,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         backbone_ms,
         load_ms,
         peak_rss_mib().unwrap_or(f64::NAN),
+        times
+            .iter()
+            .map(|t| format!("{t:.3}"))
+            .collect::<Vec<_>>()
+            .join(","),
     );
     Ok(())
 }
