@@ -70,6 +70,10 @@ const BAND_BUDGET: usize = 1024 * 1024;
 /// Output channels per task: the row block of its GEMMs.
 const CO_BLOCK: usize = 64;
 
+// A whole block is one panel of `winograd_avx512::gemm_64`.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(CO_BLOCK == crate::winograd_avx512::GEMM_ROWS);
+
 /// Tasks per thread for each band, when there are enough patch rows to split.
 const TASKS_PER_THREAD: usize = 4;
 
@@ -191,9 +195,7 @@ impl Conv3x3 {
         // Whole blocks of CO_BLOCK output channels take `winograd_avx512::gemm_64` where
         // the CPU has AVX-512, the others the `gemm` crate.
         #[cfg(target_arch = "x86_64")]
-        let gemm_simd = crate::winograd_avx512::available()
-            && CO_BLOCK == crate::winograd_avx512::GEMM_ROWS
-            && gemm64_enabled();
+        let gemm_simd = crate::winograd_avx512::available() && gemm64_enabled();
         let mut r0 = 0;
         while r0 < all_rows {
             let rows = rows_per_band.min(all_rows - r0);
@@ -762,40 +764,18 @@ fn simd_blocks(
 /// F2). Vectorises across the lanes; `winograd_avx512` has the same arithmetic on
 /// AVX-512 registers.
 #[inline(always)]
-fn filter_transform(tile: Tile, g: &[[f32; LANES]; 9], u: &mut [[f32; LANES]; 36]) {
-    type Row = [f32; LANES];
-    let ops = LaneOps {
-        add: |a: Row, b: Row| -> Row { std::array::from_fn(|l| a[l] + b[l]) },
-        sub: |a: Row, b: Row| -> Row { std::array::from_fn(|l| a[l] - b[l]) },
-        scale: |k: f32, a: Row| -> Row { std::array::from_fn(|l| k * a[l]) },
-    };
-    filter_transform_with(tile, *g, ops, |xi, row| u[xi] = row);
-}
-
-/// Element-wise arithmetic on a vector of lanes `T` (an array, or a SIMD register).
-#[derive(Clone, Copy)]
-struct LaneOps<A, S, K> {
-    add: A,
-    sub: S,
-    scale: K,
-}
-
-/// `G g Gᵀ` of a vector of filters: `g[k]` holds tap k (row-major) of each, and
-/// `store(ξ, v)` receives their transformed values ξ (row-major over the patch).
-#[inline(always)]
 // Row i of G g is element i of each of its columns: an index reads clearest.
 #[allow(clippy::needless_range_loop)]
-fn filter_transform_with<T: Copy>(
-    tile: Tile,
-    g: [T; 9],
-    ops: LaneOps<impl Fn(T, T) -> T, impl Fn(T, T) -> T, impl Fn(f32, T) -> T>,
-    mut store: impl FnMut(usize, T),
-) {
-    let LaneOps { add, sub, scale } = ops;
+fn filter_transform(tile: Tile, g: &[[f32; LANES]; 9], u: &mut [[f32; LANES]; 36]) {
+    type Row = [f32; LANES];
+    // Each step is a loop over the lanes.
+    let add = |a: Row, b: Row| -> Row { std::array::from_fn(|l| a[l] + b[l]) };
+    let sub = |a: Row, b: Row| -> Row { std::array::from_fn(|l| a[l] - b[l]) };
+    let scale = |k: f32, a: Row| -> Row { std::array::from_fn(|l| k * a[l]) };
     match tile {
         Tile::F2 => {
             // G applied to three taps (a column or a row of the filter).
-            let gt = |a: T, b: T, d: T| -> [T; 4] {
+            let gt = |a: Row, b: Row, d: Row| -> [Row; 4] {
                 [
                     a,
                     scale(0.5, add(add(a, b), d)),
@@ -804,16 +784,15 @@ fn filter_transform_with<T: Copy>(
                 ]
             };
             // G g (4x3): G over each column k of the filter; then (G g) Gᵀ (4x4).
-            let gg: [[T; 4]; 3] = std::array::from_fn(|k| gt(g[k], g[3 + k], g[6 + k]));
+            let gg: [[Row; 4]; 3] = std::array::from_fn(|k| gt(g[k], g[3 + k], g[6 + k]));
             for i in 0..4 {
-                for (j, v) in gt(gg[0][i], gg[1][i], gg[2][i]).into_iter().enumerate() {
-                    store(4 * i + j, v);
-                }
+                let row = gt(gg[0][i], gg[1][i], gg[2][i]);
+                u[4 * i..4 * i + 4].copy_from_slice(&row);
             }
         }
         Tile::F4 => {
             let (q, s, t) = (1.0 / 4.0, 1.0 / 6.0, 1.0 / 24.0);
-            let gt = |a: T, b: T, d: T| -> [T; 6] {
+            let gt = |a: Row, b: Row, d: Row| -> [Row; 6] {
                 let (ta, tb, td) = (scale(t, a), scale(2.0 * t, b), scale(4.0 * t, d));
                 [
                     scale(q, a),
@@ -824,11 +803,10 @@ fn filter_transform_with<T: Copy>(
                     d,
                 ]
             };
-            let gg: [[T; 6]; 3] = std::array::from_fn(|k| gt(g[k], g[3 + k], g[6 + k]));
+            let gg: [[Row; 6]; 3] = std::array::from_fn(|k| gt(g[k], g[3 + k], g[6 + k]));
             for i in 0..6 {
-                for (j, v) in gt(gg[0][i], gg[1][i], gg[2][i]).into_iter().enumerate() {
-                    store(6 * i + j, v);
-                }
+                let row = gt(gg[0][i], gg[1][i], gg[2][i]);
+                u[6 * i..6 * i + 6].copy_from_slice(&row);
             }
         }
     }
