@@ -3,7 +3,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use nn_blocks::summary::Summary;
-use nn_blocks::{Backbone, BnMode, ConvBnAct, ConvBnConfig, FeatureChannels, DEFAULT_BN_EPS};
+use nn_blocks::{
+    add_owned, Backbone, BlockOptions, BnMode, ConvBnAct, ConvBnConfig, FeatureChannels,
+    KernelPolicy, DEFAULT_BN_EPS,
+};
 
 /// Darknet53 hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +17,8 @@ pub struct Config {
     pub bn_eps: f64,
     /// BatchNorm folded for inference or kept for training.
     pub bn_mode: BnMode,
+    /// The CPU kernels of the folded blocks.
+    pub kernels: KernelPolicy,
 }
 
 impl Default for Config {
@@ -29,6 +34,16 @@ impl Config {
             layers: [1, 2, 8, 8, 4],
             bn_eps: DEFAULT_BN_EPS,
             bn_mode: BnMode::Folded,
+            kernels: KernelPolicy::default(),
+        }
+    }
+
+    /// The options every block shares.
+    pub fn block_options(&self) -> BlockOptions {
+        BlockOptions {
+            bn_eps: self.bn_eps,
+            bn_mode: self.bn_mode,
+            kernels: self.kernels,
         }
     }
 }
@@ -45,15 +60,13 @@ impl BasicBlock {
     pub fn new(
         inplanes: usize,
         planes: (usize, usize),
-        bn: (f64, BnMode),
+        opts: BlockOptions,
         vb: VarBuilder,
     ) -> Result<Self> {
         let c1 = ConvBnConfig::new(inplanes, planes.0, 1)
-            .bn_eps(bn.0)
-            .bn_mode(bn.1);
+            .options(opts);
         let c2 = ConvBnConfig::new(planes.0, planes.1, 3)
-            .bn_eps(bn.0)
-            .bn_mode(bn.1);
+            .options(opts);
         Ok(Self {
             conv1: ConvBnAct::load(c1, vb.pp("conv1"), vb.pp("bn1"))?,
             conv2: ConvBnAct::load(c2, vb.pp("conv2"), vb.pp("bn2"))?,
@@ -75,7 +88,7 @@ impl BasicBlock {
         let y = self.conv1.forward_t(x, train)?;
         let y = self.conv2.forward_t(&y, train)?;
         // y is this block's own: in inference the sum goes into its buffer
-        nn_blocks::conv_fast::add_owned(y, x)
+        add_owned(y, x, self.conv2.config().kernels)
     }
 }
 
@@ -97,16 +110,15 @@ impl Stage {
         inplanes: usize,
         planes: (usize, usize),
         blocks: usize,
-        bn: (f64, BnMode),
+        opts: BlockOptions,
         vb: VarBuilder,
     ) -> Result<Self> {
         let ds_cfg = ConvBnConfig::new(inplanes, planes.1, 3)
             .stride(2)
-            .bn_eps(bn.0)
-            .bn_mode(bn.1);
+            .options(opts);
         let ds = ConvBnAct::load(ds_cfg, vb.pp("ds_conv"), vb.pp("ds_bn"))?;
         let blocks = (0..blocks)
-            .map(|i| BasicBlock::new(planes.1, planes, bn, vb.pp(format!("residual_{i}"))))
+            .map(|i| BasicBlock::new(planes.1, planes, opts, vb.pp(format!("residual_{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { ds, blocks })
     }
@@ -145,8 +157,8 @@ const STAGE_PLANES: [(usize, usize); 5] =
 impl DarkNet {
     /// Loads the network from `vb` (`conv1.weight`, `layer1...` below it).
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let bn = (cfg.bn_eps, cfg.bn_mode);
-        let stem_cfg = ConvBnConfig::new(3, 32, 3).bn_eps(bn.0).bn_mode(bn.1);
+        let opts = cfg.block_options();
+        let stem_cfg = ConvBnConfig::new(3, 32, 3).options(opts);
         let stem = ConvBnAct::load(stem_cfg, vb.pp("conv1"), vb.pp("bn1"))?;
         let mut inplanes = 32;
         let mut stages = Vec::with_capacity(5);
@@ -155,7 +167,7 @@ impl DarkNet {
                 inplanes,
                 planes,
                 n,
-                bn,
+                opts,
                 vb.pp(format!("layer{}", i + 1)),
             )?);
             inplanes = planes.1;

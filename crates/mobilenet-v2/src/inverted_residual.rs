@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use nn_blocks::summary::Summary;
-use nn_blocks::{Activation, BnMode, ConvBnAct, ConvBnConfig};
+use nn_blocks::{Activation, BlockOptions, ConvBnAct, ConvBnConfig};
 
 /// MobileNetV2's inverted residual block.
 ///
@@ -24,7 +24,7 @@ impl InvertedResidual {
         oup: usize,
         stride: usize,
         expand_ratio: f64,
-        bn: (f64, BnMode),
+        opts: BlockOptions,
         vb: VarBuilder,
     ) -> Result<Self> {
         if stride != 1 && stride != 2 {
@@ -33,7 +33,6 @@ impl InvertedResidual {
                 vb.prefix()
             );
         }
-        let (bn_eps, bn_mode) = bn;
         // Python's int(round(x)) rounds half to even, as f64::round_ties_even does.
         let hidden = (inp as f64 * expand_ratio).round_ties_even() as usize;
         let vb = vb.pp("conv");
@@ -41,8 +40,7 @@ impl InvertedResidual {
         let expand = if expand_ratio != 1.0 {
             let cfg = ConvBnConfig::new(inp, hidden, 1)
                 .activation(Activation::Relu6)
-                .bn_eps(bn_eps)
-                .bn_mode(bn_mode);
+                .options(opts);
             idx += 1;
             Some(ConvBnAct::sequential(cfg, vb.pp("0"))?)
         } else {
@@ -52,13 +50,11 @@ impl InvertedResidual {
             .stride(stride)
             .groups(hidden)
             .activation(Activation::Relu6)
-            .bn_eps(bn_eps)
-            .bn_mode(bn_mode);
+            .options(opts);
         let depthwise = ConvBnAct::sequential(dw_cfg, vb.pp(idx))?;
         let pw_cfg = ConvBnConfig::new(hidden, oup, 1)
             .activation(Activation::Identity)
-            .bn_eps(bn_eps)
-            .bn_mode(bn_mode);
+            .options(opts);
         let project = ConvBnAct::load(pw_cfg, vb.pp(idx + 1), vb.pp(idx + 2))?;
         Ok(Self {
             expand,

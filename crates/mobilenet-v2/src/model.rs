@@ -4,8 +4,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use nn_blocks::summary::Summary;
 use nn_blocks::{
-    make_divisible, Activation, Backbone, BnMode, ConvBnAct, ConvBnConfig, FeatureChannels,
-    DEFAULT_BN_EPS,
+    make_divisible, Activation, Backbone, BlockOptions, BnMode, ConvBnAct, ConvBnConfig,
+    FeatureChannels, KernelPolicy, DEFAULT_BN_EPS,
 };
 
 use crate::InvertedResidual;
@@ -32,6 +32,8 @@ pub struct Config {
     pub bn_eps: f64,
     /// BatchNorm folded for inference or kept for training.
     pub bn_mode: BnMode,
+    /// The CPU kernels of the folded blocks.
+    pub kernels: KernelPolicy,
 }
 
 impl Default for Config {
@@ -58,6 +60,16 @@ impl Config {
             ],
             bn_eps: DEFAULT_BN_EPS,
             bn_mode: BnMode::Folded,
+            kernels: KernelPolicy::default(),
+        }
+    }
+
+    /// The options every block shares.
+    pub fn block_options(&self) -> BlockOptions {
+        BlockOptions {
+            bn_eps: self.bn_eps,
+            bn_mode: self.bn_mode,
+            kernels: self.kernels,
         }
     }
 
@@ -145,22 +157,20 @@ fn build_features(
             let c = ConvBnConfig::new(3, stem, 3)
                 .stride(2)
                 .activation(Activation::Relu6)
-                .bn_eps(cfg.bn_eps)
-                .bn_mode(cfg.bn_mode);
+                .options(cfg.block_options());
             layers.push(Feature::Conv(ConvBnAct::sequential(c, vb_i)?));
             channels.push(stem);
         } else if i <= blocks.len() {
             let (inp, oup, stride, t) = blocks[i - 1];
             let block =
-                InvertedResidual::new(inp, oup, stride, t, (cfg.bn_eps, cfg.bn_mode), vb_i)?;
+                InvertedResidual::new(inp, oup, stride, t, cfg.block_options(), vb_i)?;
             layers.push(Feature::Block(Box::new(block)));
             channels.push(oup);
         } else {
             let inp = *channels.last().unwrap_or(&stem);
             let c = ConvBnConfig::new(inp, last, 1)
                 .activation(Activation::Relu6)
-                .bn_eps(cfg.bn_eps)
-                .bn_mode(cfg.bn_mode);
+                .options(cfg.block_options());
             layers.push(Feature::Conv(ConvBnAct::sequential(c, vb_i)?));
             channels.push(last);
         }

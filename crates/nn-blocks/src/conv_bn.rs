@@ -14,8 +14,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ModuleT, VarBuilder};
 
-use crate::conv_fast::{conv2d_bias_act, depthwise_conv2d_bias_act};
-use crate::depthwise::depthwise_conv2d;
+use nn_kernels::{
+    conv2d_bias_act, depthwise_conv2d, depthwise_conv2d_bias_act, Epilogue, KernelPolicy,
+};
+
 use crate::summary::{conv_output_hw, Summary};
 
 /// PyTorch's default `BatchNorm2d` epsilon. Darknet's own files use 1e-6.
@@ -35,13 +37,15 @@ pub enum Activation {
 impl Activation {
     /// Applies the activation.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        self.epilogue().apply_tensor(x)
+    }
+
+    /// The kernels' epilogue for this activation (after the bias).
+    pub fn epilogue(&self) -> Epilogue {
         match *self {
-            Activation::Relu6 => x.clamp(0f32, 6f32),
-            Activation::LeakyRelu(slope) => {
-                // max(x, slope * x) equals LeakyReLU for 0 <= slope <= 1.
-                x.maximum(&(x * slope)?)
-            }
-            Activation::Identity => Ok(x.clone()),
+            Activation::Relu6 => Epilogue::Relu6,
+            Activation::LeakyRelu(slope) => Epilogue::Leaky(slope as f32),
+            Activation::Identity => Epilogue::Identity,
         }
     }
 }
@@ -75,6 +79,31 @@ pub struct ConvBnConfig {
     pub bn_eps: f64,
     /// Whether the BatchNorm is folded (inference) or kept (training).
     pub bn_mode: BnMode,
+    /// The CPU kernels a folded block runs on.
+    pub kernels: KernelPolicy,
+}
+
+/// What every block of a network shares: the BatchNorm's epsilon and mode and the kernel
+/// policy. Each network's config carries these and hands them to its blocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockOptions {
+    /// BatchNorm epsilon (1e-5 in PyTorch, 1e-6 in darknet).
+    pub bn_eps: f64,
+    /// Whether the BatchNorm is folded (inference) or kept (training).
+    pub bn_mode: BnMode,
+    /// The CPU kernels folded blocks run on.
+    pub kernels: KernelPolicy,
+}
+
+impl Default for BlockOptions {
+    /// PyTorch's epsilon, folded BatchNorm, the fastest kernels.
+    fn default() -> Self {
+        Self {
+            bn_eps: DEFAULT_BN_EPS,
+            bn_mode: BnMode::Folded,
+            kernels: KernelPolicy::default(),
+        }
+    }
 }
 
 impl ConvBnConfig {
@@ -89,6 +118,7 @@ impl ConvBnConfig {
             activation: Activation::LeakyRelu(0.1),
             bn_eps: DEFAULT_BN_EPS,
             bn_mode: BnMode::Folded,
+            kernels: KernelPolicy::default(),
         }
     }
 
@@ -120,6 +150,17 @@ impl ConvBnConfig {
     pub fn bn_mode(mut self, bn_mode: BnMode) -> Self {
         self.bn_mode = bn_mode;
         self
+    }
+
+    /// Sets the kernel policy.
+    pub fn kernels(mut self, kernels: KernelPolicy) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// Sets the BatchNorm epsilon and mode and the kernel policy at once.
+    pub fn options(self, o: BlockOptions) -> Self {
+        self.bn_eps(o.bn_eps).bn_mode(o.bn_mode).kernels(o.kernels)
     }
 
     /// Padding of the reference blocks: `(k - 1) // 2`.
@@ -253,7 +294,7 @@ impl ConvBnAct {
     }
 
     /// Inference with the BatchNorm folded: convolution, bias and activation fused
-    /// where a fast kernel exists (see [`crate::conv_fast`]).
+    /// where a fast kernel exists (`nn-kernels`, as the block's [`KernelPolicy`] says).
     fn forward_folded(&self, x: &Tensor) -> Result<Tensor> {
         // (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
         let c = &self.cfg;
@@ -264,7 +305,8 @@ impl ConvBnAct {
                 self.conv.bias(),
                 c.stride,
                 c.padding(),
-                c.activation,
+                c.activation.epilogue(),
+                c.kernels,
             )
         } else if c.groups == 1 {
             conv2d_bias_act(
@@ -273,7 +315,8 @@ impl ConvBnAct {
                 self.conv.bias(),
                 c.stride,
                 c.padding(),
-                c.activation,
+                c.activation.epilogue(),
+                c.kernels,
             )
         } else {
             c.activation.apply(&self.conv.forward(x)?)

@@ -76,7 +76,7 @@ pub fn yolov3_float_count(num_classes: usize) -> usize {
 fn fitting_classes(floats: usize) -> Option<usize> {
     let base = yolov3_float_count(0);
     let per_class = yolov3_float_count(1) - base;
-    (floats >= base && (floats - base) % per_class == 0).then(|| (floats - base) / per_class)
+    (floats >= base && (floats - base).is_multiple_of(per_class)).then(|| (floats - base) / per_class)
 }
 
 fn hint(floats: usize, num_classes: usize) -> String {
@@ -154,7 +154,7 @@ pub fn parse_darknet(bytes: &[u8], num_classes: usize, path: &Path) -> Result<Da
             found,
             extra_bytes: body.len() - expected * 4,
             num_classes,
-            hint: if body.len() % 4 == 0 {
+            hint: if body.len().is_multiple_of(4) {
                 hint(found, num_classes)
             } else {
                 String::new()

@@ -11,12 +11,18 @@
 //! per image, images per second, the
 //! load time and the process's peak RSS (`VmHWM`). Run one configuration per process so
 //! that the peak RSS belongs to it.
+//!
+//! Like `yolo-cli`, this binary makes the process-wide settings itself (malloc keeps freed
+//! buffers unless `NN_BLOCKS_REUSE_BUFFERS=0`; the thread count is fixed in
+//! `RAYON_NUM_THREADS`) and reads the kernel choice from `NN_BLOCKS_FAST_CONV`,
+//! `NN_BLOCKS_WINOGRAD` (f4, f2, off) and `NN_BLOCKS_GEMM64`.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use nn_blocks::weights::SyntheticWeights;
+use nn_blocks::KernelPolicy;
 use yolov3_head::{BackboneKind, YoloBody, YoloConfig};
 
 struct Args {
@@ -66,11 +72,43 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The on/off switch in environment variable `var`, if set.
+fn switch(var: &str) -> Result<Option<bool>, Box<dyn std::error::Error>> {
+    match std::env::var(var) {
+        Ok(v) => Ok(Some(
+            nn_kernels::parse_switch(&v).map_err(|e| format!("{var}: {e}"))?,
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The kernel policy the `NN_BLOCKS_*` variables ask for (the fastest by default).
+fn kernel_policy() -> Result<KernelPolicy, Box<dyn std::error::Error>> {
+    let mut p = KernelPolicy::default();
+    if let Some(on) = switch("NN_BLOCKS_FAST_CONV")? {
+        p.fast_conv = on;
+    }
+    if let Ok(v) = std::env::var("NN_BLOCKS_WINOGRAD") {
+        p.winograd = v.parse().map_err(|e| format!("NN_BLOCKS_WINOGRAD: {e}"))?;
+    }
+    if let Some(on) = switch("NN_BLOCKS_GEMM64")? {
+        p.gemm64 = on;
+    }
+    Ok(p)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     // as yolo-cli does (NN_BLOCKS_REUSE_BUFFERS=0 leaves glibc's defaults, for comparison)
-    nn_blocks::process::cache_thread_count();
-    nn_blocks::process::reuse_freed_buffers();
+    if std::env::var("RAYON_NUM_THREADS").is_err() {
+        // Before any other thread starts; candle otherwise re-reads /proc/cpuinfo per op.
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if switch("NN_BLOCKS_REUSE_BUFFERS")?.unwrap_or(true) {
+        nn_kernels::malloc::retain_freed_memory();
+    }
+    let kernels = kernel_policy()?;
     let kind = match args.backbone.as_str() {
         "mobilenetv2" => BackboneKind::MobileNetV2,
         "darknet53" => BackboneKind::Darknet53,
@@ -79,7 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::Cpu;
     let t0 = Instant::now();
     let vb = VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, device.clone());
-    let model = YoloBody::new(&YoloConfig::new(kind, args.num_classes), vb)?;
+    let model = YoloBody::new(&YoloConfig::new(kind, args.num_classes).with_kernels(kernels), vb)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     // (B, 3, S, S) in [0, 1), like a preprocessed image.
     let x = Tensor::rand(0f32, 1f32, (args.batch, 3, args.size, args.size), &device)?;
@@ -122,7 +160,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.size,
         args.batch,
         threads,
-        nn_blocks::conv_fast::fast_conv_enabled(),
+        kernels.fast_conv,
         args.iters,
         args.warmup,
         median,

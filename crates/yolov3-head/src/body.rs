@@ -5,7 +5,7 @@ use candle_nn::{Conv2d, VarBuilder};
 use darknet53::DarkNet;
 use mobilenet_v2::MobileNetV2Backbone;
 use nn_blocks::summary::Summary;
-use nn_blocks::{Backbone, BnMode, ConvBnAct, ConvBnConfig};
+use nn_blocks::{Backbone, BlockOptions, ConvBnAct, ConvBnConfig};
 
 use crate::config::{BackboneKind, YoloConfig};
 use crate::{Error, Result};
@@ -27,7 +27,7 @@ impl LastLayers {
         filters: (usize, usize),
         in_filters: usize,
         out_filter: usize,
-        bn: (f64, BnMode),
+        opts: BlockOptions,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
         let (f0, f1) = filters;
@@ -44,7 +44,7 @@ impl LastLayers {
             .enumerate()
             .map(|(i, &(cin, cout, k))| {
                 ConvBnAct::named(
-                    ConvBnConfig::new(cin, cout, k).bn_eps(bn.0).bn_mode(bn.1),
+                    ConvBnConfig::new(cin, cout, k).options(opts),
                     vb.pp(i),
                 )
             })
@@ -118,7 +118,7 @@ pub const INPUT_STRIDE: usize = 32;
 impl YoloBody {
     /// Builds the body and its backbone (under `{vb}.backbone`) from `cfg`.
     ///
-    /// Fails with [`nn_blocks::Error::ClassCountMismatch`] when the weights were
+    /// Fails with [`Error::ClassCountMismatch`] when the weights were
     /// trained for another number of classes, and with candle's messages (naming the
     /// tensor and both shapes) for missing tensors or shape mismatches.
     pub fn new(cfg: &YoloConfig, vb: VarBuilder) -> Result<Self> {
@@ -128,6 +128,7 @@ impl YoloBody {
                 let mcfg = mobilenet_v2::Config {
                     bn_eps: cfg.bn_eps,
                     bn_mode: cfg.bn_mode,
+                    kernels: cfg.kernels,
                     ..mobilenet_v2::Config::imagenet()
                 };
                 Box::new(MobileNetV2Backbone::new(&mcfg, vb.pp("backbone"))?)
@@ -136,6 +137,7 @@ impl YoloBody {
                 let dcfg = darknet53::Config {
                     bn_eps: cfg.bn_eps,
                     bn_mode: cfg.bn_mode,
+                    kernels: cfg.kernels,
                     ..darknet53::Config::darknet53()
                 };
                 Box::new(DarkNet::new(&dcfg, vb.pp("backbone"))?)
@@ -152,10 +154,10 @@ impl YoloBody {
     ) -> Result<Self> {
         check_class_count(cfg, &vb)?;
         let ch = backbone.channels();
-        let eps = (cfg.bn_eps, cfg.bn_mode);
+        let opts = cfg.block_options();
         let conv = |cin, cout, vb| {
             ConvBnAct::named(
-                ConvBnConfig::new(cin, cout, 1).bn_eps(eps.0).bn_mode(eps.1),
+                ConvBnConfig::new(cin, cout, 1).options(opts),
                 vb,
             )
         };
@@ -164,7 +166,7 @@ impl YoloBody {
                 (512, 1024),
                 ch.out5,
                 cfg.head_channels(0),
-                eps,
+                opts,
                 vb.pp("last_layer0"),
             )?,
             last_layer1_conv: conv(512, 256, vb.pp("last_layer1_conv"))?,
@@ -172,7 +174,7 @@ impl YoloBody {
                 (256, 512),
                 ch.out4 + 256,
                 cfg.head_channels(1),
-                eps,
+                opts,
                 vb.pp("last_layer1"),
             )?,
             last_layer2_conv: conv(256, 128, vb.pp("last_layer2_conv"))?,
@@ -180,7 +182,7 @@ impl YoloBody {
                 (128, 256),
                 ch.out3 + 128,
                 cfg.head_channels(2),
-                eps,
+                opts,
                 vb.pp("last_layer2"),
             )?,
             backbone,
@@ -204,13 +206,12 @@ impl YoloBody {
             [_, 3, h, w] if h % INPUT_STRIDE == 0 && w % INPUT_STRIDE == 0 && *h > 0 && *w > 0 => {
                 Ok(())
             }
-            [_, 3, h, w] => Err(nn_blocks::Error::InputSize {
+            [_, 3, h, w] => Err(Error::InputSize {
                 height: *h,
                 width: *w,
                 stride: INPUT_STRIDE,
-            }
-            .into()),
-            other => Err(nn_blocks::Error::InputLayout(other.to_vec()).into()),
+            }),
+            other => Err(Error::InputLayout(other.to_vec())),
         }
     }
 
@@ -289,14 +290,14 @@ fn check_class_count(cfg: &YoloConfig, vb: &VarBuilder) -> Result<()> {
     let expected = cfg.head_channels(0);
     if found != expected {
         let anchors = cfg.anchors_mask[0].len();
-        return Err(Error::Network(nn_blocks::Error::ClassCountMismatch {
+        return Err(Error::ClassCountMismatch {
             tensor: format!("{}{name}", prefix_of(vb)),
             expected_channels: expected,
             found_channels: found,
             anchors,
             configured_classes: cfg.num_classes,
             weights_classes: (found / anchors).saturating_sub(5),
-        }));
+        });
     }
     Ok(())
 }
@@ -416,13 +417,13 @@ mod tests {
         let err = build(backend, &YoloConfig::voc_mobilenetv2()).unwrap_err();
         assert!(matches!(
             err,
-            Error::Network(nn_blocks::Error::ClassCountMismatch {
+            Error::ClassCountMismatch {
                 expected_channels: 75,
                 found_channels: 255,
                 weights_classes: 80,
                 configured_classes: 20,
                 ..
-            })
+            }
         ));
         let msg = err.to_string();
         assert!(
@@ -465,11 +466,11 @@ mod tests {
         let x = Tensor::zeros((1, 3, 100, 64), DType::F32, &Device::Cpu).unwrap();
         assert!(matches!(
             model.forward(&x),
-            Err(Error::Network(nn_blocks::Error::InputSize {
+            Err(Error::InputSize {
                 height: 100,
                 width: 64,
                 ..
-            }))
+            })
         ));
         // Any batch and any multiple of 32 works.
         let x = Tensor::zeros((3, 3, 64, 96), DType::F32, &Device::Cpu).unwrap();

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use nn_blocks::{BnMode, DEFAULT_BN_EPS};
+use nn_blocks::{BlockOptions, BnMode, KernelPolicy, DEFAULT_BN_EPS};
 
 /// Which feature extractor feeds the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +72,8 @@ pub struct YoloConfig {
     pub bn_eps: f64,
     /// BatchNorm folded for inference (default) or kept for training.
     pub bn_mode: BnMode,
+    /// The CPU kernels of the folded blocks (default: the fastest).
+    pub kernels: KernelPolicy,
 }
 
 impl YoloConfig {
@@ -83,6 +85,22 @@ impl YoloConfig {
             anchors_mask: YOLO_ANCHORS_MASK,
             bn_eps: DEFAULT_BN_EPS,
             bn_mode: BnMode::Folded,
+            kernels: KernelPolicy::default(),
+        }
+    }
+
+    /// The same configuration with the kernel policy `kernels`.
+    pub fn with_kernels(mut self, kernels: KernelPolicy) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// The options every block shares.
+    pub fn block_options(&self) -> BlockOptions {
+        BlockOptions {
+            bn_eps: self.bn_eps,
+            bn_mode: self.bn_mode,
+            kernels: self.kernels,
         }
     }
 

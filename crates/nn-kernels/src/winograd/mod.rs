@@ -32,7 +32,7 @@
 //! independent GEMMs, `M[ξ] (C_out x T) = U[ξ] (C_out x C_in) · V[ξ] (C_in x T)` over
 //! the T patches: 2.25x (F2) or 4x (F4) fewer multiply-adds than the direct
 //! convolution. They run on the `gemm` crate's kernels, or where the CPU has AVX-512 on
-//! `winograd_avx512::gemm_64`, which reads the transformed filters in place. F2's
+//! `avx512::gemm_64`, which reads the transformed filters in place. F2's
 //! transforms use only additions and halvings, so its results stay within float
 //! rounding of the direct ones; F4's larger constants cost about a decimal digit
 //! (relative error about 1e-6 per layer where F2's is 1e-7), still well inside the
@@ -45,24 +45,28 @@
 //! into a buffer of its thread (the filters are never kept transformed, which would
 //! take 16/9 or 36/9 of their memory), then, a chunk of patches at a time, runs its
 //! GEMMs into another and writes its outputs. Both buffers are column-major, the layout
-//! in which the `gemm` crate's kernels run fastest on these small products (about
-//! 105 GFLOP/s per core for 64 x 49 x 512 where a row-major result reaches 80; the
-//! `gemm` crate turns a row-major result into a transposed product), and the one
-//! `gemm_64` reads U in. Against one transform of all filters and GEMMs over all
-//! output channels, this took the 3x3 layers of Darknet53 at 208, 104 and 52 pixels
-//! from 18, 11 and 9 ms to 10, 6 and 5 ms (2 threads, F2); F4 and the AVX-512 kernels
-//! then to 4.6, 3.5 and 2.9 ms.
+//! in which the `gemm` crate's kernels run fastest on these small products, and the one
+//! `avx512::gemm_64` reads U in. (How much each of these choices saved is in
+//! `docs/performance.md`.)
 
-// GEMMs through the `gemm` crate's raw-pointer entry point, and parallel tasks writing
-// disjoint parts of shared buffers.
-#![allow(unsafe_code)]
+// (Unsafe here: GEMMs through the `gemm` crate's raw-pointer entry point, and parallel
+// tasks writing disjoint parts of shared buffers.)
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use multiversion::multiversion;
 
-use crate::conv_fast::{matmul_into, parallel_for, Epilogue, SharedPtr};
+use crate::epilogue::Epilogue;
+use crate::gemm::matmul_into;
+use crate::pool::{parallel_for, SharedPtr};
+
+mod tile;
+pub(crate) use tile::Tile;
+use tile::LANES;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Floats of `V` per band of patch rows (4 MiB).
 const BAND_BUDGET: usize = 1024 * 1024;
@@ -70,9 +74,9 @@ const BAND_BUDGET: usize = 1024 * 1024;
 /// Output channels per task: the row block of its GEMMs.
 const CO_BLOCK: usize = 64;
 
-// A whole block is one panel of `winograd_avx512::gemm_64`.
+// A whole block is one panel of `avx512::gemm_64`.
 #[cfg(target_arch = "x86_64")]
-const _: () = assert!(CO_BLOCK == crate::winograd_avx512::GEMM_ROWS);
+const _: () = assert!(CO_BLOCK == avx512::GEMM_ROWS);
 
 /// Tasks per thread for each band, when there are enough patch rows to split.
 const TASKS_PER_THREAD: usize = 4;
@@ -81,68 +85,6 @@ thread_local! {
     /// This thread's task buffers (transformed filters, GEMM results),
     /// reused from call to call.
     static TASK_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Which Winograd algorithm: F(m x m, 3x3), m outputs a side per patch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tile {
-    /// F(2x2, 3x3): 4x4 patches, 16 GEMMs.
-    F2,
-    /// F(4x4, 3x3): 6x6 patches, 36 GEMMs.
-    F4,
-}
-
-impl Tile {
-    /// The tile for an (H, W) image: F4 when both sides are at least 13, where its 36
-    /// GEMMs over a quarter as many patches take less time than F2's 16 (even at 13x13,
-    /// where four 4x4 blocks a side overhang to 16x16: 512x13²->1024 6.5 -> 5.7 ms);
-    /// F2 on thinner maps, where F4's blocks would overhang more. `NN_BLOCKS_WINOGRAD_F4=0`
-    /// keeps F2 everywhere.
-    pub(crate) fn for_image(h: usize, w: usize) -> Tile {
-        if h.min(w) >= 13 && crate::conv_fast::winograd_f4_enabled() {
-            Tile::F4
-        } else {
-            Tile::F2
-        }
-    }
-
-    /// Outputs per patch side.
-    fn m(self) -> usize {
-        match self {
-            Tile::F2 => 2,
-            Tile::F4 => 4,
-        }
-    }
-
-    /// Patch side: m + 2.
-    fn side(self) -> usize {
-        self.m() + 2
-    }
-
-    /// GEMMs (and planes of U, V and M): the patch's elements.
-    pub(crate) fn planes(self) -> usize {
-        self.side() * self.side()
-    }
-
-    /// Patches per chunk of a task, rounded to whole patch rows (at least one): the
-    /// column block of its GEMMs. The chunk's GEMM results, (planes, chunk, CO_BLOCK)
-    /// floats (768 and 864 KiB), stay in the core's L2 cache.
-    fn tile_chunk(self) -> usize {
-        match self {
-            Tile::F2 => 192,
-            Tile::F4 => 96,
-        }
-    }
-
-    /// Input channels per step of a task's GEMMs: its transformed filters,
-    /// (planes, k_chunk, CO_BLOCK) floats (512 and 576 KiB), stay in L2 between their
-    /// transform and their GEMMs.
-    fn k_chunk(self) -> usize {
-        match self {
-            Tile::F2 => 128,
-            Tile::F4 => 64,
-        }
-    }
 }
 
 /// A 3x3, stride-1, padding-1 convolution of `b` images (C_in, H, W) into
@@ -155,6 +97,9 @@ pub(crate) struct Conv3x3 {
     pub(crate) h: usize,
     pub(crate) w: usize,
     pub(crate) tile: Tile,
+    /// Whether `avx512::gemm_64` serves the GEMMs it can where the CPU has AVX-512
+    /// (off: the `gemm` crate's kernels).
+    pub(crate) gemm64: bool,
 }
 
 impl Conv3x3 {
@@ -192,10 +137,10 @@ impl Conv3x3 {
         let vp = SharedPtr(v.as_mut_ptr().cast::<f32>());
         let out = SharedPtr(out.as_mut_ptr().cast::<f32>());
         let blocks = cout.div_ceil(CO_BLOCK);
-        // Whole blocks of CO_BLOCK output channels take `winograd_avx512::gemm_64` where
+        // Whole blocks of CO_BLOCK output channels take `avx512::gemm_64` where
         // the CPU has AVX-512, the others the `gemm` crate.
         #[cfg(target_arch = "x86_64")]
-        let gemm_simd = crate::winograd_avx512::available() && gemm64_enabled();
+        let gemm_simd = avx512::available() && self.gemm64;
         let mut r0 = 0;
         while r0 < all_rows {
             let rows = rows_per_band.min(all_rows - r0);
@@ -256,13 +201,7 @@ impl Conv3x3 {
                                 unsafe {
                                     #[cfg(target_arch = "x86_64")]
                                     if nc == CO_BLOCK && gemm_simd {
-                                        crate::winograd_avx512::gemm_64(
-                                            (nt, kc),
-                                            mx,
-                                            ux,
-                                            (vx, t),
-                                            ci0 > 0,
-                                        );
+                                        avx512::gemm_64((nt, kc), mx, ux, (vx, t), ci0 > 0);
                                         continue;
                                     }
                                     matmul_into(
@@ -389,11 +328,9 @@ impl Conv3x3 {
                 // SAFETY: this task (channel ci) alone writes V[*][ci].
                 let v = std::array::from_fn(|j| unsafe { self.v_row(vp, rows, 6 * i + j, ci, r) });
                 #[cfg(target_arch = "x86_64")]
-                if crate::winograd_avx512::available() {
+                if avx512::available() {
                     // SAFETY: AVX-512 (checked); rows of tw floats of this task alone.
-                    unsafe {
-                        crate::winograd_avx512::input_cols_f4(row, v.map(|v| v.as_mut_ptr()), tw)
-                    };
+                    unsafe { avx512::input_cols_f4(row, v.map(|v| v.as_mut_ptr()), tw) };
                     continue;
                 }
                 input_cols_f4(row, q, v);
@@ -420,7 +357,7 @@ impl Conv3x3 {
         let (th, tw) = self.tiles();
         let mo = self.tile.m();
         let nt = nr * tw;
-        // Channels from 0 up to here go through `winograd_avx512` in blocks of LANES,
+        // Channels from 0 up to here go through `avx512` in blocks of LANES,
         // which applies the bias and activation itself.
         let simd_channels = match self.tile {
             Tile::F4 if output_simd() => nc - nc % LANES,
@@ -454,7 +391,7 @@ impl Conv3x3 {
                     // LANES floats lie in m (asserted); the outputs are those of the
                     // patch inside the image, in channels co0 + c0.. of this task alone.
                     unsafe {
-                        crate::winograd_avx512::output_block_f4(
+                        avx512::output_block_f4(
                             (m.as_ptr().add(at(0) + c0), nt * nc),
                             bias,
                             act,
@@ -549,7 +486,7 @@ fn bt_f4([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
 /// floats), into the rows `v` (tw floats each) of its six planes; `q` is scratch of
 /// the row's length. With q0..q3 the columns of the row by their index mod 4, patch
 /// tx has columns q0[tx], q1[tx], q2[tx], q3[tx], q0[tx + 1], q1[tx + 1].
-/// (`winograd_avx512` has the same on AVX-512.)
+/// (`avx512` has the same on AVX-512.)
 fn input_cols_f4(row: &[f32], q: &mut [f32], v: [&mut [f32]; 6]) {
     let tw = v[0].len();
     let [q0, q1, q2, q3]: [&mut [f32]; 4] = {
@@ -575,20 +512,12 @@ fn input_cols_f4(row: &[f32], q: &mut [f32], v: [&mut [f32]; 6]) {
     }
 }
 
-/// Whether `winograd_avx512::gemm_64` serves the GEMMs it can (`NN_BLOCKS_GEMM64=0`
-/// keeps the `gemm` crate's, for comparisons; read once per process).
-#[cfg(target_arch = "x86_64")]
-fn gemm64_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| crate::process::switched_on("NN_BLOCKS_GEMM64"))
-}
-
-/// Whether F4's output transform runs in `winograd_avx512` (x86-64 with AVX-512F and
+/// Whether F4's output transform runs in `avx512` (x86-64 with AVX-512F and
 /// VL).
 fn output_simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::winograd_avx512::available()
+        avx512::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -662,9 +591,6 @@ fn plane_len(kc: usize, nc: usize) -> usize {
     kc * nc + 16
 }
 
-/// Output channels transformed together by [`transform_filters`], one per SIMD lane.
-pub(crate) const LANES: usize = 16;
-
 /// `U[ξ][ci - ci_first][c] = (G g Gᵀ)[ξ]` for the filters g of output channels
 /// `co0..co0 + nc` and input channels `ci_first..ci_first + kc` of `w`
 /// (C_out, C_in, 3, 3): `u` holds the tile's planes (kc, nc), [`plane_len`] apart.
@@ -672,7 +598,7 @@ pub(crate) const LANES: usize = 16;
 /// [`LANES`] output channels at a time, so that the arithmetic vectorises across them
 /// and U is written in whole rows of `LANES` (a scatter of each filter's values into
 /// the planes of U took longer than the GEMMs). On x86-64 CPUs with AVX-512, the taps
-/// of whole 16 x 16 blocks are gathered by `winograd_avx512` instead.
+/// of whole 16 x 16 blocks are gathered by `avx512` instead.
 fn transform_filters(
     tile: Tile,
     w: &[f32],
@@ -726,7 +652,7 @@ fn transform_filters(
 
 /// The whole 16 x 16 blocks of [`transform_filters`] for the [`LANES`] output channels
 /// from `c` (column `at` of the planes, `pl` apart in `u`) and input channels
-/// `ci_first..ci_first + kc`, through `winograd_avx512` where the CPU has AVX-512: how
+/// `ci_first..ci_first + kc`, through `avx512` where the CPU has AVX-512: how
 /// many of the input channels are done (0 elsewhere).
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn simd_blocks(
@@ -738,20 +664,13 @@ fn simd_blocks(
     (pl, nc, at): (usize, usize, usize),
 ) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if crate::winograd_avx512::available() {
+    if avx512::available() {
         let done = kc - kc % 16;
         for row0 in (0..done).step_by(16) {
             // SAFETY: the CPU has AVX-512F (checked); the block's bounds are asserted
             // inside.
             unsafe {
-                crate::winograd_avx512::transform_block(
-                    tile,
-                    w,
-                    cin,
-                    (c, ci_first + row0),
-                    u,
-                    (pl, row0, nc, at),
-                )
+                avx512::transform_block(tile, w, cin, (c, ci_first + row0), u, (pl, row0, nc, at))
             };
         }
         return done;
@@ -761,7 +680,7 @@ fn simd_blocks(
 
 /// `G g Gᵀ` of [`LANES`] 3x3 filters at once: `g[k][l]` is tap k (row-major) of filter
 /// l, `u[ξ][l]` its transformed value ξ (row-major over the patch; the first 16 for
-/// F2). Vectorises across the lanes; `winograd_avx512` has the same arithmetic on
+/// F2). Vectorises across the lanes; `avx512` has the same arithmetic on
 /// AVX-512 registers.
 #[inline(always)]
 // Row i of G g is element i of each of its columns: an index reads clearest.
@@ -841,7 +760,7 @@ mod tests {
     /// The filter transform against G g Gᵀ by plain matrix products, for both tiles,
     /// over a block of output channels with a short last group of lanes and a range of
     /// input channels that starts inside the filters and is not a multiple of 16 long
-    /// (on AVX-512 CPUs: whole 16 x 16 blocks through `winograd_avx512`, the rest
+    /// (on AVX-512 CPUs: whole 16 x 16 blocks through `avx512`, the rest
     /// through the portable code).
     #[test]
     fn filter_transform_matches_matrix_products() {
@@ -922,12 +841,12 @@ mod tests {
             }
             check(&v, "portable");
             #[cfg(target_arch = "x86_64")]
-            if crate::winograd_avx512::available() {
+            if avx512::available() {
                 // A float past each row: the masked stores must leave it alone.
                 let mut v = vec![vec![f32::NAN; tw + 1]; 6];
                 let ptrs = std::array::from_fn(|j| v[j].as_mut_ptr());
                 // SAFETY: AVX-512 (checked); rows of tw (+ 1) floats.
-                unsafe { crate::winograd_avx512::input_cols_f4(&row, ptrs, tw) };
+                unsafe { avx512::input_cols_f4(&row, ptrs, tw) };
                 assert!(
                     v.iter().all(|r| r[tw].is_nan()),
                     "tw {tw}: wrote past the row"
@@ -991,6 +910,7 @@ mod tests {
                     h,
                     w,
                     tile,
+                    gemm64: true,
                 };
                 // F4's larger constants cost about a decimal digit.
                 let tolerance = if tile == Tile::F2 { 1e-5 } else { 5e-5 };
@@ -1000,6 +920,7 @@ mod tests {
                     conv.run(&xv, &wv, &bv, act, &mut out, threads);
                     let out: Vec<f32> = out
                         .into_iter()
+                        // SAFETY: NaN-initialised above (the test then checks none is left).
                         .map(|v| unsafe { v.assume_init() })
                         .collect();
                     let got = Tensor::from_vec(out, (b, cout, h, w), &dev).unwrap();

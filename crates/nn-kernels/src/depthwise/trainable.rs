@@ -1,7 +1,7 @@
 //! Depthwise 2-D convolution (`groups == channels`, one `k x k` filter per channel).
 //!
-//! candle 0.11 runs a grouped convolution as one small convolution per group, which
-//! for MobileNetV2's depthwise layers costs tens of milliseconds each. This op runs
+//! candle 0.11 runs a grouped convolution as one small convolution per group, which is
+//! slow for MobileNetV2's depthwise layers. This op runs
 //! them as a row-wise kernel on the CPU (vectorisable inner loop over output columns,
 //! candle's worker pool over the `B x C` planes; rayon in the backward pass), with a
 //! backward pass for training. Other devices and dtypes fall back to candle's grouped
@@ -9,6 +9,9 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::pool::for_each_chunk_mut;
+use crate::storage::contiguous_f32;
 
 /// Geometry shared by the forward and backward kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +45,6 @@ impl Geometry {
     }
 }
 
-/// Reads a contiguous f32 slice out of a CPU storage.
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("depthwise conv: {what} must be contiguous"),
-    }
-}
-
 /// Forward: `(B, C, H, W) * (C, 1, K, K) -> (B, C, OH, OW)`.
 struct Forward(Geometry);
 
@@ -74,7 +68,7 @@ impl CustomOp2 for Forward {
         let (oh, ow) = (g.out_len(h, k), g.out_len(w, k));
         let mut out = vec![0f32; b * c * oh * ow];
         // On candle's worker pool, like the other inference kernels (see conv_fast).
-        crate::conv_fast::for_each_chunk_mut(&mut out, oh * ow, |plane, out| {
+        for_each_chunk_mut(&mut out, oh * ow, |plane, out| {
             let ch = plane % c;
             let x = &x[plane * h * w..(plane + 1) * h * w];
             let wk = &weight[ch * k * k..(ch + 1) * k * k];

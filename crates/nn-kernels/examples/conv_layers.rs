@@ -1,7 +1,7 @@
 //! Per-layer timing of the fast dense convolution against candle's `conv2d`.
 //!
 //! ```sh
-//! RAYON_NUM_THREADS=2 cargo run --release -p nn-blocks --example conv_layers
+//! RAYON_NUM_THREADS=2 cargo run --release -p nn-kernels --example conv_layers
 //! ```
 //!
 //! Prints, for typical YOLOv3 layer shapes at 416x416, the median milliseconds and
@@ -10,8 +10,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use nn_blocks::conv_fast::conv2d_bias_act;
-use nn_blocks::Activation;
+use nn_kernels::{bias_act, conv2d_bias_act, Epilogue, KernelPolicy};
 
 /// Median milliseconds of `f` over `n` runs after one warm-up.
 fn median_ms(n: usize, mut f: impl FnMut()) -> f64 {
@@ -71,18 +70,18 @@ fn main() -> candle_core::Result<()> {
         let w = Tensor::randn(0f32, 0.05, (cout, cin, k, k), &dev)?;
         let b = Tensor::randn(0f32, 1., cout, &dev)?;
         let p = (k - 1) / 2;
-        let act = Activation::LeakyRelu(0.1);
+        let act = Epilogue::Leaky(0.1);
         let o = (side + 2 * p - k) / s + 1;
         let gflop = 2.0 * (cout * cin * k * k * o * o) as f64 / 1e9;
         let runs = if only.is_some() { 200 } else { 9 };
         let fast = median_ms(runs, || {
-            conv2d_bias_act(&x, &w, Some(&b), s, p, act).unwrap();
+            conv2d_bias_act(&x, &w, Some(&b), s, p, act, KernelPolicy::default()).unwrap();
         });
         let name = format!("{cin}x{side}x{side} -> {cout} k{k} s{s}");
         if with_candle {
             let slow = median_ms(5, || {
                 let y = x.conv2d(&w, p, s, 1, 1).unwrap();
-                nn_blocks::conv_fast::bias_act(&y, Some(&b), act).unwrap();
+                bias_act(&y, Some(&b), act).unwrap();
             });
             println!(
                 "{name:28} {fast:8.2} {:8.1}   {slow:8.2} {:8.1}",

@@ -5,13 +5,11 @@
 //! output channels side by side (9 scalar loads and stores per filter). Here each
 //! channel's run of 16 filters (144 contiguous floats) is loaded as 9 vectors and the
 //! 16 x 144 block turned into 144 x 16 by nine in-register 16 x 16 transposes, which
-//! makes the transform about 4x faster.
+//! makes the transform several times faster.
 //!
 //! Also F(4x4, 3x3)'s output transform for 16 channels of a patch: computed across the
 //! channels, then turned by one such transpose into each channel's 4x4 block, which
 //! goes to the image in four 128-bit stores instead of 16 scalar ones.
-
-#![allow(unsafe_code)]
 
 use std::arch::x86_64::{
     __m512, __m512i, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_extractf32x4_ps,
@@ -22,8 +20,8 @@ use std::arch::x86_64::{
     _mm_storeu_ps, _MM_HINT_T0,
 };
 
-use crate::conv_fast::Epilogue;
-use crate::winograd::{Tile, LANES};
+use super::tile::{Tile, LANES};
+use crate::epilogue::Epilogue;
 
 /// Whether this CPU runs [`transform_block`] and [`output_block_f4`] (AVX-512F and VL;
 /// asked once per process).
@@ -432,19 +430,24 @@ unsafe fn gemm_tile<const N: usize>(
     (v, v_stride): (*const f32, usize),
     accumulate: bool,
 ) {
-    // SAFETY (all blocks below): inside the caller's matrices.
+    // Every pointer below stays inside the caller's matrices: M is (N, GEMM_ROWS), U
+    // (k, GEMM_ROWS), V (k, N) with row stride v_stride (the function's contract).
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
     if accumulate {
         for (c, col) in acc.iter_mut().enumerate() {
             for (r, a) in col.iter_mut().enumerate() {
+                // SAFETY: 16 floats of M's column c (c < N), rows 16r..16r + 16 < 64.
                 *a = unsafe { _mm512_loadu_ps(m.add(GEMM_ROWS * c + 16 * r)) };
             }
         }
     }
     for kk in 0..k {
+        // SAFETY: row kk < k of U and of V.
         let (uk, vk) = unsafe { (u.add(GEMM_ROWS * kk), v.add(kk * v_stride)) };
+        // SAFETY: 16 floats of U's row kk, at 16r < GEMM_ROWS.
         let a: [__m512; 4] = std::array::from_fn(|r| unsafe { _mm512_loadu_ps(uk.add(16 * r)) });
         for (c, col) in acc.iter_mut().enumerate() {
+            // SAFETY: element c < N of V's row kk.
             let b = _mm512_set1_ps(unsafe { *vk.add(c) });
             for (r, x) in col.iter_mut().enumerate() {
                 *x = _mm512_fmadd_ps(a[r], b, *x);
@@ -453,6 +456,7 @@ unsafe fn gemm_tile<const N: usize>(
     }
     for (c, col) in acc.iter().enumerate() {
         for (r, a) in col.iter().enumerate() {
+            // SAFETY: as the loads of M above.
             unsafe { _mm512_storeu_ps(m.add(GEMM_ROWS * c + 16 * r), *a) };
         }
     }

@@ -1,7 +1,7 @@
 //! The f32 FMA peak of this CPU: the ceiling any convolution kernel here works under.
 //!
 //! ```sh
-//! cargo run --release -p nn-blocks --example fma_peak -- 2   # threads (default 1)
+//! cargo run --release -p nn-kernels --example fma_peak -- 2   # threads (default 1)
 //! ```
 //!
 //! Each thread runs 24 independent chains of fused multiply-adds on registers (no memory

@@ -1,0 +1,42 @@
+//! CPU kernels of yolo-rs, apart from any layer type: they know buffers, shapes and an
+//! [`Epilogue`] (bias plus activation), and run as candle custom ops on `f32` CPU
+//! tensors, falling back to candle's own operations elsewhere.
+//!
+//! - [`conv2d_bias_act`] (`dense`): dense convolution by tiled im2col and GEMM with the
+//!   epilogue fused; 3x3 stride-1 layers by Winograd's F(2x2, 3x3) or F(4x4, 3x3)
+//!   (`winograd`, with AVX-512 transforms and a 64-row AVX-512 GEMM).
+//! - [`depthwise_conv2d`] (with a backward pass, for training) and
+//!   [`depthwise_conv2d_bias_act`] (the fused 3x3 kernel of inference).
+//! - [`bias_act`], [`bias_act_owned`], [`add_owned`]: element-wise passes, in place
+//!   where the tensor may be overwritten.
+//! - [`KernelPolicy`]: which fast paths run, chosen by the caller for each call (a
+//!   model holds one from its configuration). Nothing here reads the environment.
+//! - [`pool_threads`]: the kernels run on candle's own CPU worker pool.
+//! - [`malloc::retain_freed_memory`]: an allocator setting for binaries to choose (no
+//!   library calls it).
+//!
+//! This is the one crate of the workspace with `unsafe` code (raw GEMM entry points,
+//! SIMD intrinsics, workers writing disjoint parts of one buffer); each block says why
+//! it is sound in a `SAFETY` comment.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod dense;
+mod depthwise;
+mod elementwise;
+mod epilogue;
+mod gemm;
+mod im2col;
+pub mod malloc;
+mod policy;
+mod pool;
+mod storage;
+mod winograd;
+
+pub use dense::{conv2d_bias_act, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_POSITIONS};
+pub use depthwise::{depthwise_conv2d, depthwise_conv2d_bias_act};
+pub use elementwise::{add_owned, bias_act, bias_act_owned};
+pub use epilogue::Epilogue;
+pub use policy::{parse_switch, KernelPolicy, ParseSwitchError, Winograd};
+pub use pool::pool_threads;

@@ -1,0 +1,13 @@
+//! Reading candle's CPU storage as plain slices.
+
+use candle_core::{CpuStorage, Layout, Result};
+
+/// The contiguous `f32` slice a CPU storage holds for layout `l`; `what` names the
+/// operand in the error when it is not contiguous or not `f32`.
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}

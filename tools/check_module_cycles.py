@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Fails when the modules of any crate under crates/ (or xtask/) import each other in a
+circle.
+
+A node is a module (a file under src/, `foo.rs` or `foo/mod.rs`); an edge A -> B is a
+path in A's code that names B or something inside it (`crate::b::…`, `super::b::…`,
+`self::b::…`, a `use` of them). The crate root (lib.rs / main.rs) is left out: it
+declares and re-exports the modules, it does not depend on them. A child module naming
+its parent by `super::Item` counts as an edge to the parent. Inline `mod tests` blocks
+are skipped (a test may use anything). Circles are the strongly connected components
+of more than one module (Tarjan).
+
+Usage: python3 tools/check_module_cycles.py [ROOT]
+"""
+
+import re
+import sys
+from pathlib import Path
+
+
+def module_path(src: Path, f: Path) -> tuple:
+    rel = f.relative_to(src).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "mod":
+        parts.pop()
+    if parts in (["lib"], ["main"]):
+        return ()
+    return tuple(parts)
+
+
+def strip_tests_and_comments(text: str) -> str:
+    # Drop `#[cfg(test)] mod tests { ... }` (to the end of the file: it is last by habit).
+    text = re.split(r"#\[cfg\(test\)\]\s*mod \w+ \{", text)[0]
+    # Drop comments (doc comments name paths in links; they are not dependencies).
+    return "\n".join(line.split("//")[0] for line in text.splitlines())
+
+
+def referenced(text: str, me: tuple, modules: set) -> set:
+    """Modules named by the paths in `text` of module `me`."""
+    out = set()
+    # Expand `use a::{b, c::d}` groups one level into paths.
+    paths = []
+    for m in re.finditer(r"\b((?:crate|super|self)(?:::\w+)*)(?:::\{([^}]*)\})?", text):
+        base = m.group(1)
+        if m.group(2):
+            for item in m.group(2).split(","):
+                item = item.strip().split(" as ")[0]
+                if item:
+                    paths.append(base + "::" + item)
+        else:
+            paths.append(base)
+    for p in paths:
+        segs = p.split("::")
+        if segs[0] == "crate":
+            cur = []
+            segs = segs[1:]
+        else:
+            # `super::` and `self::` are relative to the file's module.
+            cur = list(me)
+            while segs and segs[0] in ("super", "self"):
+                if segs[0] == "super":
+                    if not cur:
+                        break
+                    cur.pop()
+                segs = segs[1:]
+        # the longest prefix that is a module
+        best = tuple(cur)
+        for s in segs:
+            cand = tuple(cur + [s])
+            if cand in modules:
+                cur.append(s)
+                best = cand
+            else:
+                break
+        if best and best != me and not best[: len(me)] == me:
+            out.add(best)
+        elif best == () and segs == [] and cur == [] and me:
+            pass
+    return out
+
+
+def sccs(graph: dict) -> list:
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            out.append(comp)
+
+    sys.setrecursionlimit(10000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def main() -> int:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    srcs = sorted(p for p in root.glob("crates/*/src")) + [root / "xtask/src"]
+    bad = 0
+    checked = 0
+    for src in srcs:
+        if not src.is_dir():
+            continue
+        files = {module_path(src, f): f for f in src.rglob("*.rs")}
+        modules = set(files)
+        graph = {}
+        for me, f in files.items():
+            if me == ():
+                continue
+            text = strip_tests_and_comments(f.read_text())
+            graph[me] = {m for m in referenced(text, me, modules) if m != ()}
+        checked += len(graph)
+        for comp in sccs(graph):
+            if len(comp) > 1:
+                bad += 1
+                names = ", ".join("::".join(m) for m in sorted(comp))
+                print(f"{src.parent.name}: module circle: {names}")
+    print(f"module circles: {bad} in {checked} modules of {len(srcs)} crates")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
