@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
-"""Fails when the modules of any crate under crates/ (or xtask/) import each other in a
-circle.
+"""Checks the layering of the workspace; fails (exit 1) when
 
+1. the modules of any crate under crates/ (or xtask/) import each other in a circle;
+2. the kernel crate, nn-kernels, depends (outside its dev-dependencies) on a crate of ours;
+3. a crate other than nn-kernels allows `unsafe` code (the workspace forbids it).
+
+About 1:
 A node is a module (a file under src/, `foo.rs` or `foo/mod.rs`); an edge A -> B is a
 path in A's code that names B or something inside it (`crate::b::…`, `super::b::…`,
 `self::b::…`, a `use` of them). The crate root (lib.rs / main.rs) is left out: it
@@ -10,7 +14,7 @@ its parent by `super::Item` counts as an edge to the parent. Inline `mod tests` 
 are skipped (a test may use anything). Circles are the strongly connected components
 of more than one module (Tarjan).
 
-Usage: python3 tools/check_module_cycles.py [ROOT]
+Usage: python3 tools/check_architecture.py [ROOT]
 """
 
 import re
@@ -134,7 +138,45 @@ def main() -> int:
                 names = ", ".join("::".join(m) for m in sorted(comp))
                 print(f"{src.parent.name}: module circle: {names}")
     print(f"module circles: {bad} in {checked} modules of {len(srcs)} crates")
+    bad += check_kernel_crate(root)
+    bad += check_unsafe(root)
     return 1 if bad else 0
+
+
+def check_kernel_crate(root: Path) -> int:
+    """nn-kernels' [dependencies] and target dependencies name no crate of ours."""
+    ours = {p.parent.name for p in root.glob("crates/*/Cargo.toml")}
+    text = (root / "crates/nn-kernels/Cargo.toml").read_text()
+    section, found = None, []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+            continue
+        name = line.split("=")[0].strip().split(".")[0]
+        if section and section.endswith("dependencies]") and "dev-dependencies" not in section:
+            if name in ours:
+                found.append(name)
+    for name in found:
+        print(f"nn-kernels depends on {name}, a crate of ours")
+    print(f"nn-kernels: {len(found)} dependencies on crates of ours")
+    return len(found)
+
+
+def check_unsafe(root: Path) -> int:
+    bad = 0
+    for manifest in sorted(root.glob("crates/*/Cargo.toml")) + [root / "xtask/Cargo.toml"]:
+        crate = manifest.parent
+        if crate.name == "nn-kernels":
+            continue
+        allows = re.search(r'unsafe_code\s*=\s*"(allow|warn)"', manifest.read_text())
+        files = [f for f in crate.rglob("*.rs") if "target" not in f.parts]
+        hits = [f for f in files if re.search(r"allow\(unsafe_code\)", f.read_text())]
+        if allows or hits:
+            bad += 1
+            print(f"{crate.name}: allows unsafe code ({manifest if allows else hits[0]})")
+    print(f"unsafe outside nn-kernels: {bad} crates")
+    return bad
 
 
 if __name__ == "__main__":
