@@ -87,8 +87,9 @@ fn permissions_for(path: &Path) -> Option<Permissions> {
     None
 }
 
-/// A temporary file beside `path`, with the permissions `path` should end up with.
-fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, Error> {
+/// A temporary file beside `path`, with the permissions `path` should end up with (also
+/// returned, to be set again at the commit).
+fn temp_beside(path: &Path) -> Result<(tempfile::NamedTempFile, Permissions), Error> {
     let dir = parent_dir(path);
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut builder = tempfile::Builder::new();
@@ -102,12 +103,25 @@ fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, Error> {
     if let (Some(p), true) = (perms, path.exists()) {
         std::fs::set_permissions(tmp.path(), p).map_err(|e| Error::io(tmp.path(), e))?;
     }
-    Ok(tmp)
+    let mode = tmp
+        .as_file()
+        .metadata()
+        .map_err(|e| Error::io(tmp.path(), e))?
+        .permissions();
+    Ok((tmp, mode))
 }
 
-/// Syncs the finished temporary file, renames it to `path` and syncs the directory.
-fn commit(tmp: tempfile::NamedTempFile, path: &Path, overwrite: Overwrite) -> Result<(), Error> {
+/// Syncs the finished temporary file, gives it `mode` (a path-based writer may have put
+/// a file of its own there, e.g. safetensors' 0600 one), renames it to `path` and syncs
+/// the directory.
+fn commit(
+    tmp: tempfile::NamedTempFile,
+    mode: Permissions,
+    path: &Path,
+    overwrite: Overwrite,
+) -> Result<(), Error> {
     let tmp_path = tmp.path().to_path_buf();
+    std::fs::set_permissions(&tmp_path, mode).map_err(|e| Error::io(&tmp_path, e))?;
     // Reopened: a path-based writer may have replaced the file behind our handle.
     File::open(&tmp_path)
         .and_then(|f| f.sync_all())
@@ -147,13 +161,13 @@ pub fn write_atomic<E: From<Error>>(
     write: impl FnOnce(&mut BufWriter<&File>) -> Result<(), E>,
 ) -> Result<(), E> {
     refuse_existing(path, overwrite)?;
-    let tmp = temp_beside(path)?;
+    let (tmp, mode) = temp_beside(path)?;
     {
         let mut w = BufWriter::new(tmp.as_file());
         write(&mut w)?;
         w.flush().map_err(|e| Error::io(tmp.path(), e))?;
     }
-    Ok(commit(tmp, path, overwrite)?)
+    Ok(commit(tmp, mode, path, overwrite)?)
 }
 
 /// [`write_atomic`] of a byte buffer.
@@ -172,9 +186,9 @@ pub fn write_atomic_path<E: From<Error>>(
     write: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), E> {
     refuse_existing(path, overwrite)?;
-    let tmp = temp_beside(path)?;
+    let (tmp, mode) = temp_beside(path)?;
     write(tmp.path())?;
-    Ok(commit(tmp, path, overwrite)?)
+    Ok(commit(tmp, mode, path, overwrite)?)
 }
 
 /// Replaces the directory `dir` with one filled by `fill`: a fresh `dir.tmp` is filled
@@ -277,6 +291,26 @@ mod tests {
         })
         .unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"png");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_put_by_the_writer_gets_the_usual_mode() {
+        // As safetensors does: its own 0600 temporary file renamed over ours.
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("weights.safetensors");
+        write_atomic_path::<Error>(&p, Overwrite::Allow, |t| {
+            let own = t.with_extension("own");
+            std::fs::write(&own, b"st").unwrap();
+            std::fs::set_permissions(&own, Permissions::from_mode(0o600)).unwrap();
+            std::fs::rename(&own, t).map_err(|e| Error::io(t, e))
+        })
+        .unwrap();
+        let probe = d.path().join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let mode = |f: &Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), mode(&probe));
     }
 
     #[cfg(unix)]
