@@ -15,12 +15,12 @@
 //! and class count come from the tensors, and `bn_eps` is 1e-5.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use nn_blocks::DEFAULT_BN_EPS;
+use yolo_io::Overwrite;
 use yolov3_head::{BackboneKind, YoloConfig};
 
 use crate::{Error, Result};
@@ -206,32 +206,16 @@ pub fn canonical_bytes(tensors: &BTreeMap<String, Tensor>, meta: &WeightsMeta) -
     Ok(safetensors::serialize(ts, Some(meta.to_metadata()))?)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, then
-/// renames it: `path` is either its old self or the complete new file, never half.
+/// Writes `bytes` to `path` atomically (see [`yolo_io`]): `path` is either its old
+/// self or the complete new file, never half, with the umask's permissions when new.
+/// Without `overwrite`, an existing `path` is refused with [`Error::Exists`].
 pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
-    if !overwrite && path.exists() {
-        return Err(Error::Exists(path.to_path_buf()));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    if overwrite {
-        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    let overwrite = if overwrite {
+        Overwrite::Allow
     } else {
-        tmp.persist_noclobber(path)
-            .map_err(|e| Error::io(path, e.error))?;
-    }
-    Ok(())
+        Overwrite::Refuse
+    };
+    Ok(yolo_io::write_bytes_atomic(path, overwrite, bytes)?)
 }
 
 /// A canonical file in memory.
