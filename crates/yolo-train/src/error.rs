@@ -90,6 +90,19 @@ pub enum Error {
     },
 }
 
+/// The file helpers' errors onto this crate's [`Error::Io`], naming the file (an
+/// existing target that was not to be replaced as [`std::io::ErrorKind::AlreadyExists`]).
+impl From<yolo_io::Error> for Error {
+    fn from(e: yolo_io::Error) -> Self {
+        match e {
+            yolo_io::Error::Io { path, source } => Error::Io { path, source },
+            yolo_io::Error::Exists { path } => {
+                Error::io(path, std::io::ErrorKind::AlreadyExists.into())
+            }
+        }
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -17,6 +17,7 @@ pub mod kmeans;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+mod tensor_file;
 pub mod trainer;
 pub mod voc;
 

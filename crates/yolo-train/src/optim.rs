@@ -154,7 +154,8 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Writes the state as safetensors (`m.NAME`, `v.NAME`) beside a step count tensor.
+    /// Writes the state as safetensors (`m.NAME`, `v.NAME`) beside a step count tensor,
+    /// atomically (complete or not at all).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut t: HashMap<String, Tensor> = HashMap::new();
         for (k, v) in &self.buf1 {
@@ -167,8 +168,7 @@ impl Optimizer {
             "step".into(),
             Tensor::new(&[self.step as f64], &Device::Cpu)?,
         );
-        candle_core::safetensors::save(&t, path)?;
-        Ok(())
+        crate::tensor_file::save_tensors_atomic(path, &t)
     }
 
     /// Reads a state written by [`Optimizer::save`].

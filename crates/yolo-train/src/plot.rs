@@ -83,7 +83,7 @@ pub fn plot_history(history: &[EpochRecord], path: &Path) -> Result<()> {
             line(&mut img, w[0], w[1], *c);
         }
     }
-    crate::trainer::atomic_write(path, |t| {
+    yolo_io::write_atomic_path(path, yolo_io::Overwrite::Allow, |t| -> Result<()> {
         img.save_with_format(t, image::ImageFormat::Png)
             .map_err(|e| Error::Image {
                 path: t.to_path_buf(),

@@ -6,6 +6,7 @@ use std::path::Path;
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use yolo_io::Overwrite;
 
 use crate::dataset::{format_line, AnnBox};
 use crate::{Error, Result};
@@ -89,7 +90,8 @@ pub fn generate_image(
     (img, boxes)
 }
 
-/// Writes `dir/images/*.png`, `dir/train.txt`, `dir/val.txt` and `dir/classes.txt`.
+/// Writes `dir/images/*.png`, `dir/train.txt`, `dir/val.txt` and `dir/classes.txt`, each
+/// file atomically.
 pub fn generate(dir: &Path, cfg: &SyntheticConfig) -> Result<()> {
     let img_dir = dir.join("images");
     std::fs::create_dir_all(&img_dir).map_err(|e| Error::io(&img_dir, e))?;
@@ -99,17 +101,21 @@ pub fn generate(dir: &Path, cfg: &SyntheticConfig) -> Result<()> {
         for i in 0..n {
             let (img, boxes) = generate_image(cfg.size, cfg.max_objects, &mut rng);
             let p = img_dir.join(format!("{split}_{i:05}.png"));
-            img.save(&p).map_err(|e| Error::Image {
-                path: p.clone(),
-                message: e.to_string(),
+            yolo_io::write_atomic_path(&p, Overwrite::Allow, |t| -> Result<()> {
+                img.save_with_format(t, image::ImageFormat::Png)
+                    .map_err(|e| Error::Image {
+                        path: p.clone(),
+                        message: e.to_string(),
+                    })
             })?;
             lines.push_str(&format_line(&p.display().to_string(), &boxes));
             lines.push('\n');
         }
         let f = dir.join(format!("{split}.txt"));
-        std::fs::write(&f, lines).map_err(|e| Error::io(&f, e))?;
+        yolo_io::write_bytes_atomic(&f, Overwrite::Allow, lines.as_bytes())?;
     }
     let f = dir.join("classes.txt");
-    std::fs::write(&f, CLASSES.join("\n") + "\n").map_err(|e| Error::io(&f, e))?;
+    let classes = CLASSES.join("\n") + "\n";
+    yolo_io::write_bytes_atomic(&f, Overwrite::Allow, classes.as_bytes())?;
     Ok(())
 }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use yolo_io::Overwrite;
 
 use crate::{Error, Result};
 
@@ -228,7 +229,7 @@ pub fn write_image_sets(devkit: &Path, year: &str, cfg: &SplitConfig) -> Result<
     ] {
         let p = main.join(format!("{name}.txt"));
         let text: String = list.iter().map(|id| format!("{id}\n")).collect();
-        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+        yolo_io::write_bytes_atomic(&p, Overwrite::Allow, text.as_bytes())?;
     }
     Ok(split)
 }
@@ -328,7 +329,7 @@ pub fn write_annotation_files(
             out.push('\n');
         }
         let path = out_dir.join(format!("{year}_{set}.txt"));
-        std::fs::write(&path, out).map_err(|e| Error::io(&path, e))?;
+        yolo_io::write_bytes_atomic(&path, Overwrite::Allow, out.as_bytes())?;
         rep.files.push((path, ids.len()));
     }
     Ok(rep)

@@ -11,10 +11,11 @@ use candle_nn::VarBuilder;
 use nn_blocks::weights::RecordingBackend;
 use nn_blocks::{make_divisible, DEFAULT_BN_EPS};
 use sha2::{Digest, Sha256};
+use yolo_io::Overwrite;
 use yolov3_head::{BackboneKind, YoloBody};
 
 use crate::darknet::{read_darknet, DARKNET_BN_EPS};
-use crate::load::{canonical_bytes, guess_meta, write_atomic, ModelKind, WeightsMeta};
+use crate::load::{canonical_bytes, guess_meta, ModelKind, WeightsMeta};
 use crate::maps::{
     candle_yolo_v3_name, looks_like_candle_yolo_v3, looks_like_timm_mobilenetv2, rename_all,
     timm_mobilenetv2_name, yolov3_convs,
@@ -96,10 +97,17 @@ impl Converted {
         canonical_bytes(&self.tensors, &self.meta)
     }
 
-    /// Writes the canonical file atomically; returns its sha256 (hex).
+    /// Writes the canonical file atomically ([`yolo_io`]: complete or not at all, with
+    /// the umask's permissions when new); returns its sha256 (hex). Without `overwrite`,
+    /// an existing `path` is refused with [`Error::Exists`].
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<String> {
         let bytes = self.to_bytes()?;
-        write_atomic(path, &bytes, overwrite)?;
+        let overwrite = if overwrite {
+            Overwrite::Allow
+        } else {
+            Overwrite::Refuse
+        };
+        yolo_io::write_bytes_atomic(path, overwrite, &bytes)?;
         Ok(sha256_hex(&bytes))
     }
 

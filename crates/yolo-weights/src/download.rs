@@ -3,7 +3,7 @@
 //! Files come through the Hugging Face cache (`HF_HOME`, or an explicit directory);
 //! a file already there is used without touching the network. The source's sha256 is
 //! checked when the registry knows it and recorded in the manifest either way; the
-//! converted file is written to a temporary file beside the target and renamed, so
+//! converted file and its manifest are written atomically ([`yolo_io`]), so
 //! `model_data/weights/` never holds a half-written or unverified file.
 
 use std::io::Read;
@@ -232,7 +232,7 @@ pub fn install(spec: &WeightSpec, opts: &DownloadOptions) -> Result<Installed> {
     converted.meta.source = format!("hf://{}@{}/{}", spec.repo, spec.revision, spec.file);
     let bytes = converted.to_bytes()?;
     let converted_sha256 = sha256_hex(&bytes);
-    crate::load::write_atomic(&out, &bytes, true)?;
+    yolo_io::write_bytes_atomic(&out, yolo_io::Overwrite::Allow, &bytes)?;
     let manifest = Manifest {
         name: spec.name.clone(),
         repo: spec.repo.clone(),

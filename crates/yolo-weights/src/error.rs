@@ -216,6 +216,17 @@ impl Error {
     }
 }
 
+/// The file helpers' errors onto this crate's: an existing target is [`Error::Exists`],
+/// an I/O failure [`Error::Io`] naming the file.
+impl From<yolo_io::Error> for Error {
+    fn from(e: yolo_io::Error) -> Self {
+        match e {
+            yolo_io::Error::Exists { path } => Error::Exists(path),
+            yolo_io::Error::Io { path, source } => Error::Io { path, source },
+        }
+    }
+}
+
 const LIST_MAX: usize = 12;
 
 fn list(names: &[String]) -> String {

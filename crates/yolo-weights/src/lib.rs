@@ -31,6 +31,7 @@ pub mod load;
 pub mod manifest;
 pub mod maps;
 pub mod pth;
+mod safetensors_file;
 
 pub use convert::{convert_file, ConvertOptions, ConvertReport, Converted, Naming, SourceFormat};
 pub use download::{install, DownloadOptions, Installed, Outcome};

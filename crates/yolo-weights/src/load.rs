@@ -15,14 +15,16 @@
 //! and class count come from the tensors, and `bn_eps` is 1e-5.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use nn_blocks::DEFAULT_BN_EPS;
+use yolo_io::Overwrite;
 use yolov3_head::{BackboneKind, YoloConfig};
 
+use crate::safetensors_file::SafetensorsFile;
+pub use crate::safetensors_file::{read_safetensors, SafetensorsContents};
 use crate::{Error, Result};
 
 /// The value of the `format` metadata key.
@@ -206,32 +208,16 @@ pub fn canonical_bytes(tensors: &BTreeMap<String, Tensor>, meta: &WeightsMeta) -
     Ok(safetensors::serialize(ts, Some(meta.to_metadata()))?)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, then
-/// renames it: `path` is either its old self or the complete new file, never half.
+/// Writes `bytes` to `path` atomically (see [`yolo_io`]): `path` is either its old
+/// self or the complete new file, never half, with the umask's permissions when new.
+/// Without `overwrite`, an existing `path` is refused with [`Error::Exists`].
 pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
-    if !overwrite && path.exists() {
-        return Err(Error::Exists(path.to_path_buf()));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    if overwrite {
-        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    let overwrite = if overwrite {
+        Overwrite::Allow
     } else {
-        tmp.persist_noclobber(path)
-            .map_err(|e| Error::io(path, e.error))?;
-    }
-    Ok(())
+        Overwrite::Refuse
+    };
+    Ok(yolo_io::write_bytes_atomic(path, overwrite, bytes)?)
 }
 
 /// A canonical file in memory.
@@ -258,197 +244,10 @@ impl LoadedWeights {
 pub fn load_canonical(path: &Path, device: &Device) -> Result<LoadedWeights> {
     let file = SafetensorsFile::open(path)?;
     // The metadata is checked before any tensor is read.
-    let meta = WeightsMeta::from_metadata(&file.header.metadata, &file.shapes(), path)?;
+    let meta = WeightsMeta::from_metadata(&file.metadata(), &file.shapes(), path)?;
     let tensors = file
         .read_tensors(device, |t| t.to_dtype(DType::F32))?
         .into_iter()
         .collect();
     Ok(LoadedWeights { tensors, meta })
-}
-
-/// A safetensors file's `__metadata__` map and its named tensors.
-pub type SafetensorsContents = (HashMap<String, String>, Vec<(String, Tensor)>);
-
-/// Reads any safetensors file one tensor at a time: its `__metadata__` map and its
-/// tensors (in their stored dtypes, on `device`), in the order they are stored. The
-/// header is checked first: a truncated or corrupt file is refused, naming the tensor.
-pub fn read_safetensors(path: &Path, device: &Device) -> Result<SafetensorsContents> {
-    let mut file = SafetensorsFile::open(path)?;
-    let metadata = std::mem::take(&mut file.header.metadata);
-    Ok((metadata, file.read_tensors(device, Ok)?))
-}
-
-/// An open safetensors file whose header has been read and checked.
-struct SafetensorsFile {
-    path: std::path::PathBuf,
-    file: std::fs::File,
-    header: Header,
-}
-
-impl SafetensorsFile {
-    /// Opens `path` and reads its header.
-    fn open(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let header = read_header(&mut file, file_len).map_err(|e| match e {
-            HeaderError::Io(e) => Error::io(path, e),
-            HeaderError::Bad(m) => Error::NotACheckpoint {
-                path: path.to_path_buf(),
-                detail: format!(": bad safetensors ({m})"),
-            },
-        })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            header,
-        })
-    }
-
-    /// Tensor shapes by name.
-    fn shapes(&self) -> HashMap<String, Vec<usize>> {
-        let entries = self.header.entries.iter();
-        entries.map(|e| (e.name.clone(), e.shape.clone())).collect()
-    }
-
-    /// Reads every tensor, in file order, passing each through `convert` as soon as it
-    /// is read.
-    fn read_tensors(
-        self,
-        device: &Device,
-        convert: impl Fn(Tensor) -> candle_core::Result<Tensor>,
-    ) -> Result<Vec<(String, Tensor)>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let Self {
-            path,
-            mut file,
-            header,
-        } = self;
-        let mut entries = header.entries;
-        entries.sort_by_key(|e| e.start);
-        let mut tensors = Vec::with_capacity(entries.len());
-        for e in entries {
-            file.seek(SeekFrom::Start(header.data_start + e.start))
-                .map_err(|err| Error::io(&path, err))?;
-            // one tensor's bytes at a time: the whole file is never in memory twice
-            let mut bytes = vec![0u8; (e.end - e.start) as usize];
-            file.read_exact(&mut bytes)
-                .map_err(|err| Error::io(&path, err))?;
-            let tensor = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)?;
-            tensors.push((e.name, convert(tensor)?));
-        }
-        Ok(tensors)
-    }
-}
-
-/// One tensor of a safetensors header.
-struct HeaderEntry {
-    name: String,
-    dtype: DType,
-    shape: Vec<usize>,
-    /// Byte range within the data section.
-    start: u64,
-    end: u64,
-}
-
-struct Header {
-    metadata: HashMap<String, String>,
-    entries: Vec<HeaderEntry>,
-    /// Offset of the data section in the file.
-    data_start: u64,
-}
-
-enum HeaderError {
-    Io(std::io::Error),
-    Bad(String),
-}
-
-/// Reads and checks the header of a safetensors file (an 8-byte little-endian length,
-/// then JSON): every tensor's dtype, shape and byte range, which must lie in the file
-/// and have the size its shape says.
-fn read_header(
-    file: &mut std::fs::File,
-    file_len: u64,
-) -> std::result::Result<Header, HeaderError> {
-    use std::io::Read;
-    let bad = |m: String| HeaderError::Bad(m);
-    if file_len < 8 {
-        return Err(bad(format!(
-            "{file_len} bytes, shorter than the header length"
-        )));
-    }
-    let mut n = [0u8; 8];
-    file.read_exact(&mut n).map_err(HeaderError::Io)?;
-    let n = u64::from_le_bytes(n);
-    if n > 100_000_000 || 8 + n > file_len {
-        return Err(bad(format!("header of {n} bytes in a file of {file_len}")));
-    }
-    let mut json = vec![0u8; n as usize];
-    file.read_exact(&mut json).map_err(HeaderError::Io)?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| bad("header is not a JSON object".into()))?;
-    let data_start = 8 + n;
-    let data_len = file_len - data_start;
-    let mut metadata = HashMap::new();
-    let mut entries = Vec::with_capacity(obj.len());
-    for (name, v) in obj {
-        if name == "__metadata__" {
-            for (k, v) in v.as_object().into_iter().flatten() {
-                if let Some(s) = v.as_str() {
-                    metadata.insert(k.clone(), s.to_string());
-                }
-            }
-            continue;
-        }
-        let field = |f: &str| v.get(f).ok_or_else(|| bad(format!("{name}: no {f}")));
-        let dtype = match field("dtype")?.as_str() {
-            Some("F32") => DType::F32,
-            Some("F16") => DType::F16,
-            Some("BF16") => DType::BF16,
-            Some("F64") => DType::F64,
-            // integer buffers such as num_batches_tracked
-            Some("I64") => DType::I64,
-            Some("I32") => DType::I32,
-            Some("I16") => DType::I16,
-            Some("U32") => DType::U32,
-            Some("U8") => DType::U8,
-            other => return Err(bad(format!("{name}: dtype {other:?} is not supported"))),
-        };
-        let usizes = |f: &str| -> std::result::Result<Vec<u64>, HeaderError> {
-            field(f)?
-                .as_array()
-                .and_then(|a| a.iter().map(|x| x.as_u64()).collect::<Option<Vec<_>>>())
-                .ok_or_else(|| bad(format!("{name}: {f} is not a list of sizes")))
-        };
-        let shape: Vec<usize> = usizes("shape")?.into_iter().map(|d| d as usize).collect();
-        let offsets = usizes("data_offsets")?;
-        let [start, end] = offsets[..] else {
-            return Err(bad(format!("{name}: data_offsets {offsets:?}")));
-        };
-        let numel = shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-            .ok_or_else(|| bad(format!("{name}: shape {shape:?} overflows")))?;
-        let want = numel.checked_mul(dtype.size_in_bytes() as u64);
-        if start > end || end > data_len || want != Some(end - start) {
-            return Err(bad(format!(
-                "{name}: bytes {start}..{end} for shape {shape:?} {dtype:?} in a data section \
-                 of {data_len} bytes (truncated or corrupt)"
-            )));
-        }
-        entries.push(HeaderEntry {
-            name: name.clone(),
-            dtype,
-            shape,
-            start,
-            end,
-        });
-    }
-    Ok(Header {
-        metadata,
-        entries,
-        data_start,
-    })
 }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::convert::SourceFormat;
-use crate::load::write_atomic;
 use crate::{Error, Result};
 
 /// The model `yolo-cli run` uses when no `--weights` is given.
@@ -163,6 +162,10 @@ impl Manifest {
             source,
         })?;
         text.push('\n');
-        write_atomic(path, text.as_bytes(), true)
+        Ok(yolo_io::write_bytes_atomic(
+            path,
+            yolo_io::Overwrite::Allow,
+            text.as_bytes(),
+        )?)
     }
 }

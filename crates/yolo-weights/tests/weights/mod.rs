@@ -3,4 +3,5 @@ mod common;
 mod darknet;
 mod download;
 mod maps;
+mod output_files;
 mod pth;
