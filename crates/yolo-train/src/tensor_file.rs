@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use yolo_io::Overwrite;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// Writes `tensors` to `path` as safetensors, atomically: `path` is its old self or the
 /// complete new file. A new file gets the umask's permissions, a replaced one keeps its
@@ -17,14 +17,10 @@ pub fn save_tensors_atomic<K: AsRef<str> + Ord + Display>(
     path: &Path,
     tensors: &HashMap<K, Tensor>,
 ) -> Result<()> {
+    // safetensors writes a file of its own (mode 0o600) and renames it over `tmp`;
+    // yolo-io gives the result the usual mode before its own rename.
     yolo_io::write_atomic_path(path, Overwrite::Allow, |tmp| -> Result<()> {
-        // safetensors writes a file of its own (mode 0o600) and renames it over `tmp`:
-        // the mode yolo-io gave `tmp` is put back on the new file.
-        let perms = std::fs::metadata(tmp)
-            .map_err(|e| Error::io(tmp, e))?
-            .permissions();
-        candle_core::safetensors::save(tensors, tmp)?;
-        std::fs::set_permissions(tmp, perms).map_err(|e| Error::io(tmp, e))
+        Ok(candle_core::safetensors::save(tensors, tmp)?)
     })
 }
 
