@@ -517,3 +517,35 @@ fn table_output_and_bad_flags() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
 }
+
+/// Outputs of an earlier run are replaced whole, through a temporary file that does not
+/// stay behind; the inputs are untouched.
+#[test]
+fn outputs_are_replaced_whole_and_leave_no_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    image(20, 20, 17).save(dir.path().join("a.png")).unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir_all(out_dir.join("labels")).unwrap();
+    let stale = vec![b'x'; 100_000];
+    std::fs::write(out_dir.join("a.png"), &stale).unwrap();
+    std::fs::write(out_dir.join("labels/a.txt"), &stale).unwrap();
+    let out = run(dir.path())
+        .args(["a.png", "--output", "out", "--save-txt", "--conf", "0.05"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(image::open(out_dir.join("a.png")).unwrap().width(), 20);
+    let labels = std::fs::read_to_string(out_dir.join("labels/a.txt")).unwrap();
+    assert!(
+        labels.lines().all(|l| l.split(' ').count() >= 7),
+        "{labels}"
+    );
+    for d in [&out_dir, &out_dir.join("labels")] {
+        let names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "{}: {names:?}", d.display());
+    }
+}
