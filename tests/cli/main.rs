@@ -549,3 +549,76 @@ fn outputs_are_replaced_whole_and_leave_no_temporary_files() {
         assert!(names.is_empty(), "{}: {names:?}", d.display());
     }
 }
+
+/// A weights file that cannot be read is named first, with what is wrong with it; the
+/// class list is not blamed (it is fine).
+#[test]
+fn unreadable_weights_are_named_without_blaming_the_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    image(16, 16, 15).save(dir.path().join("img.png")).unwrap();
+    std::fs::write(
+        dir.path().join("corrupt.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all, and short}",
+    )
+    .unwrap();
+    let good = std::fs::read(weights()).unwrap();
+    std::fs::write(
+        dir.path().join("truncated.safetensors"),
+        &good[..good.len() / 2],
+    )
+    .unwrap();
+    for file in ["corrupt.safetensors", "truncated.safetensors"] {
+        let out = Command::cargo_bin("yolo-cli")
+            .unwrap()
+            .current_dir(dir.path())
+            .args([
+                "run",
+                "--backbone",
+                "mobilenetv2",
+                "--input-size",
+                "64",
+                "--no-draw",
+                "--weights",
+                file,
+                "img.png",
+            ])
+            .output()
+            .unwrap();
+        assert_no_panic(&out);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr_of(&out);
+        assert!(
+            err.starts_with(&format!("error: cannot read weights {file}: ")),
+            "{err}"
+        );
+        assert!(!err.contains("classes come from"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn a_directory_as_weights_is_called_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    image(16, 16, 16).save(dir.path().join("img.png")).unwrap();
+    std::fs::create_dir(dir.path().join("some_directory")).unwrap();
+    let out = Command::cargo_bin("yolo-cli")
+        .unwrap()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "--no-draw",
+            "--weights",
+            "some_directory/",
+            "img.png",
+        ])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("some_directory") && err.contains("is a directory"),
+        "{err}"
+    );
+    assert!(!err.contains("does not exist"), "{err}");
+}

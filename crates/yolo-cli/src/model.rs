@@ -31,9 +31,7 @@ pub fn default_weights_path(backbone: BackboneKind) -> PathBuf {
 /// if that fails, the error says which command to run.
 pub fn resolve_weights(arg: Option<&Path>, backbone: BackboneKind) -> anyhow::Result<PathBuf> {
     if let Some(p) = arg {
-        if !p.is_file() {
-            anyhow::bail!("no weights at {}: the file does not exist", p.display());
-        }
+        check_weights_file(p)?;
         return Ok(p.to_path_buf());
     }
     let path = default_weights_path(backbone);
@@ -66,6 +64,23 @@ pub fn resolve_weights(arg: Option<&Path>, backbone: BackboneKind) -> anyhow::Re
         Ok(installed) if installed.path.is_file() => Ok(installed.path),
         Ok(_) => anyhow::bail!("{hint}"),
         Err(e) => Err(anyhow::Error::new(e).context(hint)),
+    }
+}
+
+/// Fails unless `path` is a file that can be looked at, saying what it is instead: missing,
+/// a directory, or unreadable metadata.
+fn check_weights_file(path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => anyhow::bail!(
+            "--weights {} is a directory, not a weights file: pass the .safetensors (or .pth, .weights) file in it",
+            path.display()
+        ),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("no weights at {}: the file does not exist", path.display())
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context(format!("cannot read weights {}", path.display()))),
     }
 }
 
@@ -198,6 +213,19 @@ pub fn load_model(path: &Path, cfg: &YoloConfig, device: &Device) -> anyhow::Res
     })
 }
 
+/// Whether `err` (from [`load_model`]) says that the weights hold a head for another
+/// number of classes than the configuration, rather than that the file is unreadable or
+/// incomplete.
+pub fn is_class_count_mismatch(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let network = match cause.downcast_ref::<yolov3_head::Error>() {
+            Some(yolov3_head::Error::Network(e)) => Some(e),
+            _ => cause.downcast_ref::<nn_blocks::Error>(),
+        };
+        matches!(network, Some(nn_blocks::Error::ClassCountMismatch { .. }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +246,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/w.safetensors"), "{e}");
+        let dir = std::env::temp_dir();
+        let e = resolve_weights(Some(&dir), BackboneKind::Darknet53).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn only_a_class_count_mismatch_counts_as_one() {
+        let mismatch = nn_blocks::Error::ClassCountMismatch {
+            tensor: "last_layer0.6.weight".into(),
+            expected_channels: 24,
+            found_channels: 75,
+            anchors: 3,
+            configured_classes: 3,
+            weights_classes: 20,
+        };
+        let e = anyhow::Error::new(yolov3_head::Error::Network(mismatch)).context("building");
+        assert!(is_class_count_mismatch(&e));
+        let io = std::io::Error::other("bad header");
+        let e = anyhow::Error::new(io).context("cannot read weights w.safetensors");
+        assert!(!is_class_count_mismatch(&e));
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
 use candle_core::Device;
 use image::RgbImage;
 use yolov3_head::{
@@ -28,8 +27,16 @@ pub(super) fn build_detector(
 ) -> anyhow::Result<Detector> {
     let num_classes = class_names.len();
     let cfg = YoloConfig::new(args.backbone, num_classes);
-    let model = model::load_model(weights, &cfg, device).with_context(|| {
-        format!("{num_classes} classes come from {classes_from}; the weights must match")
+    let model = model::load_model(weights, &cfg, device).map_err(|e| {
+        // The class count is the likely culprit only when the weights say so: a file that
+        // cannot be read is named first, on its own.
+        if model::is_class_count_mismatch(&e) {
+            e.context(format!(
+                "{num_classes} classes come from {classes_from}; the weights must match"
+            ))
+        } else {
+            e
+        }
     })?;
     let size = args.input_size;
     let resize = if args.no_letterbox {
