@@ -622,3 +622,36 @@ fn a_directory_as_weights_is_called_a_directory() {
     );
     assert!(!err.contains("does not exist"), "{err}");
 }
+
+/// The process settings are CLI options: `--threads` (or RAYON_NUM_THREADS) and
+/// NN_BLOCKS_REUSE_BUFFERS=0 change how the work runs, not what it finds.
+#[test]
+fn process_settings_do_not_change_detections() {
+    let dir = tempfile::tempdir().unwrap();
+    image(40, 30, 18).save(dir.path().join("a.png")).unwrap();
+    let json = |cmd: &mut Command| -> Value {
+        let out = cmd
+            .args(["a.png", "--conf", "0.05", "--format", "json", "--no-draw"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        serde_json::from_str(&stdout_of(&out)).unwrap()
+    };
+    let plain = json(&mut run(dir.path()));
+    assert_same_detections(&plain, &json(run(dir.path()).args(["--threads", "1"])));
+    assert_same_detections(
+        &plain,
+        &json(
+            run(dir.path())
+                .env("NN_BLOCKS_REUSE_BUFFERS", "0")
+                .env("RAYON_NUM_THREADS", "2"),
+        ),
+    );
+    let out = run(dir.path())
+        .args(["a.png", "--threads", "many"])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--threads"), "{}", stderr_of(&out));
+}
