@@ -655,3 +655,50 @@ fn process_settings_do_not_change_detections() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("--threads"), "{}", stderr_of(&out));
 }
+
+#[test]
+fn download_help_and_unknown_models() {
+    let help = Command::cargo_bin("yolo-cli")
+        .unwrap()
+        .args(["download", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "{}", stderr_of(&help));
+    let text = stdout_of(&help);
+    for opt in [
+        "[MODEL]...",
+        "--force",
+        "--dir <DIR>",
+        "--all",
+        "--offline",
+        "--list",
+    ] {
+        assert!(text.contains(opt), "{opt}: {text}");
+    }
+    // An unknown name is refused before anything is fetched (the Hub is a closed port).
+    let dir = tempfile::tempdir().unwrap();
+    let unused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::cargo_bin("yolo-cli")
+        .unwrap()
+        .current_dir(dir.path())
+        .env("HF_HOME", dir.path().join("hf"))
+        .env("HF_ENDPOINT", format!("http://127.0.0.1:{unused_port}"))
+        .args(["download", "darknet53-coco", "yolo-v9000", "--dir", "w"])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.starts_with("error: ") && err.contains("yolo-v9000"),
+        "{err}"
+    );
+    for spec in yolo_weights::registry() {
+        assert!(err.contains(&spec.name), "{}: {err}", spec.name);
+    }
+    assert!(!dir.path().join("w").exists() && !dir.path().join("hf").exists());
+}

@@ -3,6 +3,7 @@
 mod anchors;
 mod args;
 mod convert;
+mod download;
 mod draw;
 mod eval;
 mod model;
@@ -63,6 +64,8 @@ enum Command {
     Anchors(anchors::AnchorsArgs),
     /// A VOCdevkit folder to annotation files (the reference's voc_annotation.py).
     VocAnnotation(voc_annotation::VocAnnotationArgs),
+    /// Download, verify and convert weights into model_data/weights/.
+    Download(download::DownloadArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Anchors(args) => anchors::run(args),
         Command::VocAnnotation(args) => voc_annotation::run(args),
+        Command::Download(args) => download::run(args),
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,8 @@ use candle_core::{DType, Device};
 use clap::ValueEnum;
 use yolov3_head::{Anchors, BackboneKind, ClassNames, YoloBody, YoloConfig};
 
-/// The name of the default weights of a backbone, as `cargo xtask download-weights` takes it.
+/// The name of the default weights of a backbone, as `yolo-cli download` (and
+/// `cargo xtask download-weights`) takes it.
 pub fn default_weights_name(backbone: BackboneKind) -> &'static str {
     match backbone {
         BackboneKind::Darknet53 => "darknet53-coco",
@@ -15,7 +16,7 @@ pub fn default_weights_name(backbone: BackboneKind) -> &'static str {
     }
 }
 
-/// Where `cargo xtask download-weights` puts the default weights of `backbone`
+/// Where `yolo-cli download` puts the default weights of `backbone`
 /// (relative to the current directory).
 pub fn default_weights_path(backbone: BackboneKind) -> PathBuf {
     PathBuf::from(format!(
@@ -27,7 +28,7 @@ pub fn default_weights_path(backbone: BackboneKind) -> PathBuf {
 /// The weights file to use: `--weights`, or the default one.
 ///
 /// A missing default that has a download source (`darknet53-coco`) is fetched first
-/// through the same code as `cargo xtask download-weights` (unless `HF_HUB_OFFLINE=1`);
+/// through the same code as `yolo-cli download` (unless `HF_HUB_OFFLINE=1`);
 /// if that fails, the error says which command to run.
 pub fn resolve_weights(arg: Option<&Path>, backbone: BackboneKind) -> anyhow::Result<PathBuf> {
     if let Some(p) = arg {
