@@ -62,7 +62,8 @@ fn yolo_cli_args(root: &Path, args: &DownloadArgs) -> Result<Vec<std::ffi::OsStr
     Ok(out)
 }
 
-/// Runs `cargo run --release -p yolo-cli -- download ...` in the workspace root.
+/// Runs `cargo run --release -p yolo-cli -- download ...` in the workspace root. When it
+/// fails, this process exits with its status: its errors are already on stderr.
 pub fn run(root: &Path, args: DownloadArgs) -> Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root)
@@ -70,10 +71,11 @@ pub fn run(root: &Path, args: DownloadArgs) -> Result<()> {
         .args(yolo_cli_args(root, &args)?);
     eprintln!("$ {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("yolo-cli download failed ({status})");
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => std::process::exit(code),
+        None => bail!("yolo-cli download was stopped ({status})"),
     }
-    Ok(())
 }
 
 #[cfg(test)]
