@@ -517,3 +517,188 @@ fn table_output_and_bad_flags() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
 }
+
+/// Outputs of an earlier run are replaced whole, through a temporary file that does not
+/// stay behind; the inputs are untouched.
+#[test]
+fn outputs_are_replaced_whole_and_leave_no_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    image(20, 20, 17).save(dir.path().join("a.png")).unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir_all(out_dir.join("labels")).unwrap();
+    let stale = vec![b'x'; 100_000];
+    std::fs::write(out_dir.join("a.png"), &stale).unwrap();
+    std::fs::write(out_dir.join("labels/a.txt"), &stale).unwrap();
+    let out = run(dir.path())
+        .args(["a.png", "--output", "out", "--save-txt", "--conf", "0.05"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(image::open(out_dir.join("a.png")).unwrap().width(), 20);
+    let labels = std::fs::read_to_string(out_dir.join("labels/a.txt")).unwrap();
+    assert!(
+        labels.lines().all(|l| l.split(' ').count() >= 7),
+        "{labels}"
+    );
+    for d in [&out_dir, &out_dir.join("labels")] {
+        let names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "{}: {names:?}", d.display());
+    }
+}
+
+/// A weights file that cannot be read is named first, with what is wrong with it; the
+/// class list is not blamed (it is fine).
+#[test]
+fn unreadable_weights_are_named_without_blaming_the_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    image(16, 16, 15).save(dir.path().join("img.png")).unwrap();
+    std::fs::write(
+        dir.path().join("corrupt.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all, and short}",
+    )
+    .unwrap();
+    let good = std::fs::read(weights()).unwrap();
+    std::fs::write(
+        dir.path().join("truncated.safetensors"),
+        &good[..good.len() / 2],
+    )
+    .unwrap();
+    for file in ["corrupt.safetensors", "truncated.safetensors"] {
+        let out = Command::cargo_bin("yolo-cli")
+            .unwrap()
+            .current_dir(dir.path())
+            .args([
+                "run",
+                "--backbone",
+                "mobilenetv2",
+                "--input-size",
+                "64",
+                "--no-draw",
+                "--weights",
+                file,
+                "img.png",
+            ])
+            .output()
+            .unwrap();
+        assert_no_panic(&out);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr_of(&out);
+        assert!(
+            err.starts_with(&format!("error: cannot read weights {file}: ")),
+            "{err}"
+        );
+        assert!(!err.contains("classes come from"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn a_directory_as_weights_is_called_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    image(16, 16, 16).save(dir.path().join("img.png")).unwrap();
+    std::fs::create_dir(dir.path().join("some_directory")).unwrap();
+    let out = Command::cargo_bin("yolo-cli")
+        .unwrap()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "--no-draw",
+            "--weights",
+            "some_directory/",
+            "img.png",
+        ])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("some_directory") && err.contains("is a directory"),
+        "{err}"
+    );
+    assert!(!err.contains("does not exist"), "{err}");
+}
+
+/// The process settings are CLI options: `--threads` (or RAYON_NUM_THREADS) and
+/// NN_BLOCKS_REUSE_BUFFERS=0 change how the work runs, not what it finds.
+#[test]
+fn process_settings_do_not_change_detections() {
+    let dir = tempfile::tempdir().unwrap();
+    image(40, 30, 18).save(dir.path().join("a.png")).unwrap();
+    let json = |cmd: &mut Command| -> Value {
+        let out = cmd
+            .args(["a.png", "--conf", "0.05", "--format", "json", "--no-draw"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        serde_json::from_str(&stdout_of(&out)).unwrap()
+    };
+    let plain = json(&mut run(dir.path()));
+    assert_same_detections(&plain, &json(run(dir.path()).args(["--threads", "1"])));
+    assert_same_detections(
+        &plain,
+        &json(
+            run(dir.path())
+                .env("NN_BLOCKS_REUSE_BUFFERS", "0")
+                .env("RAYON_NUM_THREADS", "2"),
+        ),
+    );
+    let out = run(dir.path())
+        .args(["a.png", "--threads", "many"])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--threads"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn download_help_and_unknown_models() {
+    let help = Command::cargo_bin("yolo-cli")
+        .unwrap()
+        .args(["download", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "{}", stderr_of(&help));
+    let text = stdout_of(&help);
+    for opt in [
+        "[MODEL]...",
+        "--force",
+        "--dir <DIR>",
+        "--all",
+        "--offline",
+        "--list",
+    ] {
+        assert!(text.contains(opt), "{opt}: {text}");
+    }
+    // An unknown name is refused before anything is fetched (the Hub is a closed port).
+    let dir = tempfile::tempdir().unwrap();
+    let unused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::cargo_bin("yolo-cli")
+        .unwrap()
+        .current_dir(dir.path())
+        .env("HF_HOME", dir.path().join("hf"))
+        .env("HF_ENDPOINT", format!("http://127.0.0.1:{unused_port}"))
+        .args(["download", "darknet53-coco", "yolo-v9000", "--dir", "w"])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.starts_with("error: ") && err.contains("yolo-v9000"),
+        "{err}"
+    );
+    for spec in yolo_weights::registry() {
+        assert!(err.contains(&spec.name), "{}: {err}", spec.name);
+    }
+    assert!(!dir.path().join("w").exists() && !dir.path().join("hf").exists());
+}

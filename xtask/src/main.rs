@@ -1,7 +1,8 @@
 //! Project automation: `cargo xtask <task>`.
 //!
 //! - `golden`: regenerate the PyTorch golden fixtures (needs Python; installs torch in a venv).
-//! - `download-weights`: download, verify and convert weights into `model_data/weights/`.
+//! - `download-weights`: download, verify and convert weights into `model_data/weights/`
+//!   (runs `yolo-cli download` from the release build).
 //! - `bench`: CPU speed against PyTorch eager and ONNX Runtime (installs them in a venv).
 //! - `check-cuda`: `cargo check --workspace --features cuda` with nvcc from PyPI.
 

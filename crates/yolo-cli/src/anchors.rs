@@ -1,7 +1,7 @@
 //! `yolo-cli anchors`: anchor boxes by k-means with the IoU distance, as the reference's
 //! `kmeans_for_anchors.py` (see `yolo_train::kmeans`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
@@ -40,15 +40,6 @@ pub struct AnchorsArgs {
     /// Refuse an annotation file with a bad line instead of skipping the line.
     #[arg(long)]
     pub strict: bool,
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Runs `yolo-cli anchors`.
@@ -117,7 +108,9 @@ pub fn run(args: AnchorsArgs) -> anyhow::Result<std::process::ExitCode> {
         avg_iou(&boxes, &written)
     );
     let text = anchors_text(&px);
-    write_atomic(&args.output, &text)?;
+    // An existing anchors file is replaced, as before: it is this command's output.
+    yolo_io::write_bytes_atomic(&args.output, yolo_io::Overwrite::Allow, text.as_bytes())
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
     println!("{}: {text}", args.output.display());
     if cfg.k != 9 {
         eprintln!("note: {} anchors; yolo-cli run --anchors takes 9", cfg.k);

@@ -3,10 +3,12 @@
 mod anchors;
 mod args;
 mod convert;
+mod download;
 mod draw;
 mod eval;
 mod model;
 mod output;
+mod process;
 mod run;
 mod stdout;
 mod summary;
@@ -21,6 +23,28 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CPU threads (0: one per physical core); sets RAYON_NUM_THREADS for candle.
+    #[arg(
+        long,
+        global = true,
+        env = "RAYON_NUM_THREADS",
+        value_name = "N",
+        value_parser = process::parse_threads
+    )]
+    threads: Option<usize>,
+    /// Reuse freed memory for activation buffers (glibc malloc tuning); 0 keeps glibc's
+    /// defaults, for comparisons.
+    #[arg(
+        long,
+        global = true,
+        env = "NN_BLOCKS_REUSE_BUFFERS",
+        value_name = "0|1",
+        default_value = "1",
+        action = clap::ArgAction::Set,
+        value_parser = process::parse_switch,
+        hide_default_value = true
+    )]
+    reuse_buffers: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,14 +64,19 @@ enum Command {
     Anchors(anchors::AnchorsArgs),
     /// A VOCdevkit folder to annotation files (the reference's voc_annotation.py).
     VocAnnotation(voc_annotation::VocAnnotationArgs),
+    /// Download, verify and convert weights into model_data/weights/.
+    Download(download::DownloadArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    // Parsing starts no thread, and the process settings come right after it, before
+    // anything else can: setting RAYON_NUM_THREADS is only sound while no other thread
+    // reads the environment, and malloc's tuning should hold for every buffer.
     let cli = Cli::parse();
-    // before any thread starts: candle's thread count worked out once, not in every op
-    nn_blocks::process::cache_thread_count();
+    // candle's thread count worked out once, not in every op
+    process::fix_thread_count(cli.threads);
     // activation buffers are recycled by malloc instead of mapped afresh each layer
-    nn_blocks::process::reuse_freed_buffers();
+    process::reuse_freed_buffers(cli.reuse_buffers);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Summary(args) => summary::run(args),
@@ -56,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Anchors(args) => anchors::run(args),
         Command::VocAnnotation(args) => voc_annotation::run(args),
+        Command::Download(args) => download::run(args),
     };
     match result {
         Ok(code) => code,

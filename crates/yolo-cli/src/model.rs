@@ -7,7 +7,8 @@ use candle_core::{DType, Device};
 use clap::ValueEnum;
 use yolov3_head::{Anchors, BackboneKind, ClassNames, YoloBody, YoloConfig};
 
-/// The name of the default weights of a backbone, as `cargo xtask download-weights` takes it.
+/// The name of the default weights of a backbone, as `yolo-cli download` (and
+/// `cargo xtask download-weights`) takes it.
 pub fn default_weights_name(backbone: BackboneKind) -> &'static str {
     match backbone {
         BackboneKind::Darknet53 => "darknet53-coco",
@@ -15,7 +16,7 @@ pub fn default_weights_name(backbone: BackboneKind) -> &'static str {
     }
 }
 
-/// Where `cargo xtask download-weights` puts the default weights of `backbone`
+/// Where `yolo-cli download` puts the default weights of `backbone`
 /// (relative to the current directory).
 pub fn default_weights_path(backbone: BackboneKind) -> PathBuf {
     PathBuf::from(format!(
@@ -27,13 +28,11 @@ pub fn default_weights_path(backbone: BackboneKind) -> PathBuf {
 /// The weights file to use: `--weights`, or the default one.
 ///
 /// A missing default that has a download source (`darknet53-coco`) is fetched first
-/// through the same code as `cargo xtask download-weights` (unless `HF_HUB_OFFLINE=1`);
+/// through the same code as `yolo-cli download` (unless `HF_HUB_OFFLINE=1`);
 /// if that fails, the error says which command to run.
 pub fn resolve_weights(arg: Option<&Path>, backbone: BackboneKind) -> anyhow::Result<PathBuf> {
     if let Some(p) = arg {
-        if !p.is_file() {
-            anyhow::bail!("no weights at {}: the file does not exist", p.display());
-        }
+        check_weights_file(p)?;
         return Ok(p.to_path_buf());
     }
     let path = default_weights_path(backbone);
@@ -66,6 +65,23 @@ pub fn resolve_weights(arg: Option<&Path>, backbone: BackboneKind) -> anyhow::Re
         Ok(installed) if installed.path.is_file() => Ok(installed.path),
         Ok(_) => anyhow::bail!("{hint}"),
         Err(e) => Err(anyhow::Error::new(e).context(hint)),
+    }
+}
+
+/// Fails unless `path` is a file that can be looked at, saying what it is instead: missing,
+/// a directory, or unreadable metadata.
+fn check_weights_file(path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => anyhow::bail!(
+            "--weights {} is a directory, not a weights file: pass the .safetensors (or .pth, .weights) file in it",
+            path.display()
+        ),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("no weights at {}: the file does not exist", path.display())
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context(format!("cannot read weights {}", path.display()))),
     }
 }
 
@@ -198,6 +214,19 @@ pub fn load_model(path: &Path, cfg: &YoloConfig, device: &Device) -> anyhow::Res
     })
 }
 
+/// Whether `err` (from [`load_model`]) says that the weights hold a head for another
+/// number of classes than the configuration, rather than that the file is unreadable or
+/// incomplete.
+pub fn is_class_count_mismatch(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let network = match cause.downcast_ref::<yolov3_head::Error>() {
+            Some(yolov3_head::Error::Network(e)) => Some(e),
+            _ => cause.downcast_ref::<nn_blocks::Error>(),
+        };
+        matches!(network, Some(nn_blocks::Error::ClassCountMismatch { .. }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +247,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/w.safetensors"), "{e}");
+        let dir = std::env::temp_dir();
+        let e = resolve_weights(Some(&dir), BackboneKind::Darknet53).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn only_a_class_count_mismatch_counts_as_one() {
+        let mismatch = nn_blocks::Error::ClassCountMismatch {
+            tensor: "last_layer0.6.weight".into(),
+            expected_channels: 24,
+            found_channels: 75,
+            anchors: 3,
+            configured_classes: 3,
+            weights_classes: 20,
+        };
+        let e = anyhow::Error::new(yolov3_head::Error::Network(mismatch)).context("building");
+        assert!(is_class_count_mismatch(&e));
+        let io = std::io::Error::other("bad header");
+        let e = anyhow::Error::new(io).context("cannot read weights w.safetensors");
+        assert!(!is_class_count_mismatch(&e));
     }
 
     #[test]

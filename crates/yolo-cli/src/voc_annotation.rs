@@ -88,11 +88,11 @@ pub fn run(args: VocAnnotationArgs) -> anyhow::Result<std::process::ExitCode> {
         Some(p) => ClassNames::from_file(p)?.names().to_vec(),
         None => {
             let names = discover_classes(&args.devkit, &args.year)?;
-            std::fs::create_dir_all(&args.output_dir)
-                .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
             let p = args.output_dir.join(format!("{}_classes.txt", args.year));
             let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-            std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+            // Replaced when it exists, as before: it is this command's output.
+            yolo_io::write_bytes_atomic(&p, yolo_io::Overwrite::Allow, text.as_bytes())
+                .with_context(|| format!("cannot write {}", p.display()))?;
             eprintln!("{} classes found, written to {}", names.len(), p.display());
             names
         }
