@@ -656,6 +656,54 @@ fn process_settings_do_not_change_detections() {
     assert!(stderr_of(&out).contains("--threads"), "{}", stderr_of(&out));
 }
 
+/// The kernel flags (or their NN_BLOCKS_* variables) reach the kernels: at 224 the
+/// head's 3x3 layers take Winograd unless told not to, and each path rounds its own way.
+/// (That the paths agree numerically is nn-kernels' `policies` test and the parity tests.)
+#[test]
+fn kernel_flags_and_variables_choose_the_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    image(60, 45, 7).save(dir.path().join("a.png")).unwrap();
+    let json = |extra: &[&str], env: &[(&str, &str)]| -> String {
+        let mut cmd = Command::cargo_bin("yolo-cli").unwrap();
+        cmd.current_dir(dir.path())
+            .args(["run", "--backbone", "mobilenetv2", "--input-size", "224"])
+            .args(["--device", "cpu", "--weights"])
+            .arg(weights())
+            .args(["a.png", "--conf", "0.05", "--format", "json", "--no-draw"])
+            .args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        stdout_of(&out)
+    };
+    let f4 = json(&[], &[]);
+    let f2 = json(&["--winograd", "f2"], &[]);
+    let direct = json(&["--winograd", "off"], &[]);
+    let candle = json(&["--fast-conv", "off"], &[]);
+    assert_ne!(f4, f2, "--winograd f2 changed nothing");
+    assert_ne!(f4, direct, "--winograd off changed nothing");
+    assert_ne!(f4, candle, "--fast-conv off changed nothing");
+    // A variable does what its flag does, and a flag wins over its variable.
+    assert_eq!(f2, json(&[], &[("NN_BLOCKS_WINOGRAD", "f2")]));
+    assert_eq!(candle, json(&[], &[("NN_BLOCKS_FAST_CONV", "0")]));
+    assert_eq!(
+        f4,
+        json(&["--winograd", "f4"], &[("NN_BLOCKS_WINOGRAD", "off")])
+    );
+    // Without the fast path, the Winograd choice has nothing to act on.
+    assert_eq!(
+        candle,
+        json(&["--fast-conv", "off", "--winograd", "f2"], &[])
+    );
+    let mut cmd = run(dir.path());
+    let out = cmd.args(["a.png", "--winograd", "f3"]).output().unwrap();
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("f3"), "{}", stderr_of(&out));
+}
+
 #[test]
 fn download_help_and_unknown_models() {
     let help = Command::cargo_bin("yolo-cli")

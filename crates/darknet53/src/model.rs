@@ -63,10 +63,8 @@ impl BasicBlock {
         opts: BlockOptions,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let c1 = ConvBnConfig::new(inplanes, planes.0, 1)
-            .options(opts);
-        let c2 = ConvBnConfig::new(planes.0, planes.1, 3)
-            .options(opts);
+        let c1 = ConvBnConfig::new(inplanes, planes.0, 1).options(opts);
+        let c2 = ConvBnConfig::new(planes.0, planes.1, 3).options(opts);
         Ok(Self {
             conv1: ConvBnAct::load(c1, vb.pp("conv1"), vb.pp("bn1"))?,
             conv2: ConvBnAct::load(c2, vb.pp("conv2"), vb.pp("bn2"))?,

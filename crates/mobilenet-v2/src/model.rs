@@ -162,8 +162,7 @@ fn build_features(
             channels.push(stem);
         } else if i <= blocks.len() {
             let (inp, oup, stride, t) = blocks[i - 1];
-            let block =
-                InvertedResidual::new(inp, oup, stride, t, cfg.block_options(), vb_i)?;
+            let block = InvertedResidual::new(inp, oup, stride, t, cfg.block_options(), vb_i)?;
             layers.push(Feature::Block(Box::new(block)));
             channels.push(oup);
         } else {

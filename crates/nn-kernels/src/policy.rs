@@ -104,7 +104,11 @@ mod tests {
         assert_eq!("0".parse::<Winograd>().unwrap(), Winograd::Off);
         assert_eq!("F2".parse::<Winograd>().unwrap(), Winograd::F2);
         assert_eq!(" f4 ".parse::<Winograd>().unwrap(), Winograd::F4);
-        assert!("f3".parse::<Winograd>().unwrap_err().to_string().contains("f3"));
+        assert!("f3"
+            .parse::<Winograd>()
+            .unwrap_err()
+            .to_string()
+            .contains("f3"));
         assert!(parse_switch("1").unwrap());
         assert!(!parse_switch("OFF").unwrap());
         assert!(parse_switch("maybe").is_err());

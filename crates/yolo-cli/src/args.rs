@@ -3,7 +3,54 @@
 use std::fmt;
 use std::str::FromStr;
 
+use nn_kernels::{KernelPolicy, Winograd};
 use yolov3_head::INPUT_STRIDE;
+
+/// Which CPU kernels the model runs on (defaults: the fastest). Each flag may also come
+/// from its environment variable, as the `NN_BLOCKS_*` switches did.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KernelArgs {
+    /// Our fused CPU convolution kernels (off: candle's conv2d).
+    #[arg(
+        long,
+        env = "NN_BLOCKS_FAST_CONV",
+        value_name = "on|off",
+        default_value = "on",
+        action = clap::ArgAction::Set,
+        value_parser = nn_kernels::parse_switch
+    )]
+    pub fast_conv: bool,
+    /// Winograd for 3x3 stride-1 convolutions: f4 (F(4x4,3x3) where it fits, else
+    /// F(2x2,3x3)), f2, or off.
+    #[arg(
+        long,
+        env = "NN_BLOCKS_WINOGRAD",
+        value_name = "f4|f2|off",
+        default_value = "f4"
+    )]
+    pub winograd: Winograd,
+    /// The AVX-512 gemm_64 kernel for Winograd's products (off: the gemm crate's).
+    #[arg(
+        long,
+        env = "NN_BLOCKS_GEMM64",
+        value_name = "on|off",
+        default_value = "on",
+        action = clap::ArgAction::Set,
+        value_parser = nn_kernels::parse_switch
+    )]
+    pub gemm64: bool,
+}
+
+impl KernelArgs {
+    /// The kernel policy these flags ask for.
+    pub fn policy(&self) -> KernelPolicy {
+        KernelPolicy {
+            fast_conv: self.fast_conv,
+            winograd: self.winograd,
+            gemm64: self.gemm64,
+        }
+    }
+}
 
 /// Network input size, `416` (square) or `WxH` (e.g. `480x320`); sides are multiples of 32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,6 +39,8 @@ pub struct EvalArgs {
     /// Where the network runs (default: the best one built in).
     #[arg(long, value_enum)]
     pub device: Option<crate::model::DeviceChoice>,
+    #[command(flatten)]
+    pub kernels: crate::args::KernelArgs,
 }
 
 /// Runs `yolo-cli eval`.
@@ -56,7 +58,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<std::process::ExitCode> {
     let device = crate::model::select_device(args.device)?;
     let tensors = candle_core::safetensors::load(&args.weights, &device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-    let model = YoloBody::new(&YoloConfig::new(args.backbone, names.len()), vb)?;
+    let model = YoloBody::new(
+        &YoloConfig::new(args.backbone, names.len()).with_kernels(args.kernels.policy()),
+        vb,
+    )?;
     let input_wh = crate::train::parse_size(&args.input_size)?;
     let anchors = crate::model::resolve_anchors(args.anchors.as_deref())?;
     let report = yolo_train::trainer::evaluate_model(

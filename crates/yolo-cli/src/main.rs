@@ -41,7 +41,7 @@ struct Cli {
         value_name = "0|1",
         default_value = "1",
         action = clap::ArgAction::Set,
-        value_parser = process::parse_switch,
+        value_parser = nn_kernels::parse_switch,
         hide_default_value = true
     )]
     reuse_buffers: bool,

@@ -219,11 +219,10 @@ pub fn load_model(path: &Path, cfg: &YoloConfig, device: &Device) -> anyhow::Res
 /// incomplete.
 pub fn is_class_count_mismatch(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        let network = match cause.downcast_ref::<yolov3_head::Error>() {
-            Some(yolov3_head::Error::Network(e)) => Some(e),
-            _ => cause.downcast_ref::<nn_blocks::Error>(),
-        };
-        matches!(network, Some(nn_blocks::Error::ClassCountMismatch { .. }))
+        matches!(
+            cause.downcast_ref::<yolov3_head::Error>(),
+            Some(yolov3_head::Error::ClassCountMismatch { .. })
+        )
     })
 }
 
@@ -255,7 +254,7 @@ mod tests {
 
     #[test]
     fn only_a_class_count_mismatch_counts_as_one() {
-        let mismatch = nn_blocks::Error::ClassCountMismatch {
+        let mismatch = yolov3_head::Error::ClassCountMismatch {
             tensor: "last_layer0.6.weight".into(),
             expected_channels: 24,
             found_channels: 75,
@@ -263,7 +262,7 @@ mod tests {
             configured_classes: 3,
             weights_classes: 20,
         };
-        let e = anyhow::Error::new(yolov3_head::Error::Network(mismatch)).context("building");
+        let e = anyhow::Error::new(mismatch).context("building");
         assert!(is_class_count_mismatch(&e));
         let io = std::io::Error::other("bad header");
         let e = anyhow::Error::new(io).context("cannot read weights w.safetensors");

@@ -26,38 +26,15 @@ pub fn fix_thread_count(threads: Option<usize>) -> usize {
     n
 }
 
-/// Asks glibc's `malloc` to serve large blocks from its heap and to keep freed memory for
-/// reuse (`M_MMAP_THRESHOLD` and `M_TRIM_THRESHOLD` at 1 GiB), so that every activation
-/// buffer does not come from a fresh `mmap` of zeroed pages that is unmapped again when
-/// the tensor drops. By default glibc maps blocks above its (dynamic, at most 32 MiB)
-/// threshold afresh, and a YOLOv3 forward pass then takes ~15,000 page faults (Darknet53,
-/// 416², batch 1) and far more at batch 8; with this it takes a few hundred. The peak RSS
-/// stays the same (`cargo xtask bench` prints it).
+/// Asks glibc's `malloc` to keep freed memory for reuse
+/// ([`nn_kernels::malloc::retain_freed_memory`]: large blocks from its heap instead of a
+/// fresh `mmap` of zeroed pages for every activation buffer; thousands of page faults
+/// fewer per forward pass, the same peak RSS).
 ///
 /// Returns whether it was applied: false off Linux/glibc, and false (glibc's defaults
 /// kept, for comparisons) when `enabled` is false.
 pub fn reuse_freed_buffers(enabled: bool) -> bool {
-    if !enabled {
-        return false;
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const ONE_GIB: libc::c_int = 1 << 30;
-        // SAFETY: mallopt only changes malloc's tuning parameters, which glibc reads
-        // under its own lock; both are documented options and the values are in range
-        // (it returns 0 on a refused value). It touches no memory of ours. This is the
-        // binary's one unsafe block: the process steering its own allocator.
-        #[allow(unsafe_code)]
-        let ok = unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, ONE_GIB) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, ONE_GIB) == 1
-        };
-        ok
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
+    enabled && nn_kernels::malloc::retain_freed_memory()
 }
 
 /// A `--threads` / `RAYON_NUM_THREADS` value: a whole number, 0 for the default.
@@ -65,11 +42,6 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
     s.trim().parse().map_err(|_| {
         format!("`{s}` is not a thread count (from --threads or RAYON_NUM_THREADS): expected a whole number, 0 for one per physical core")
     })
-}
-
-/// The `--reuse-buffers` / `NN_BLOCKS_REUSE_BUFFERS` switch: on unless `0`.
-pub fn parse_switch(s: &str) -> Result<bool, std::convert::Infallible> {
-    Ok(s.trim() != "0")
 }
 
 #[cfg(test)]
@@ -93,14 +65,6 @@ mod tests {
         assert!(parse_threads("many")
             .unwrap_err()
             .contains("RAYON_NUM_THREADS"));
-    }
-
-    #[test]
-    fn switch_is_on_unless_zero() {
-        assert_eq!(parse_switch("0"), Ok(false));
-        assert_eq!(parse_switch(" 0 "), Ok(false));
-        assert_eq!(parse_switch("1"), Ok(true));
-        assert_eq!(parse_switch("yes"), Ok(true));
     }
 
     // One test sets RAYON_NUM_THREADS throughout, so that no other test sees it change.

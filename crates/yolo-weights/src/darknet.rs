@@ -76,7 +76,8 @@ pub fn yolov3_float_count(num_classes: usize) -> usize {
 fn fitting_classes(floats: usize) -> Option<usize> {
     let base = yolov3_float_count(0);
     let per_class = yolov3_float_count(1) - base;
-    (floats >= base && (floats - base).is_multiple_of(per_class)).then(|| (floats - base) / per_class)
+    (floats >= base && (floats - base).is_multiple_of(per_class))
+        .then(|| (floats - base) / per_class)
 }
 
 fn hint(floats: usize, num_classes: usize) -> String {

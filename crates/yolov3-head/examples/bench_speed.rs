@@ -117,7 +117,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::Cpu;
     let t0 = Instant::now();
     let vb = VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, device.clone());
-    let model = YoloBody::new(&YoloConfig::new(kind, args.num_classes).with_kernels(kernels), vb)?;
+    let model = YoloBody::new(
+        &YoloConfig::new(kind, args.num_classes).with_kernels(kernels),
+        vb,
+    )?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     // (B, 3, S, S) in [0, 1), like a preprocessed image.
     let x = Tensor::rand(0f32, 1f32, (args.batch, 3, args.size, args.size), &device)?;

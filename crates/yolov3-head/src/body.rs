@@ -43,10 +43,7 @@ impl LastLayers {
             .iter()
             .enumerate()
             .map(|(i, &(cin, cout, k))| {
-                ConvBnAct::named(
-                    ConvBnConfig::new(cin, cout, k).options(opts),
-                    vb.pp(i),
-                )
+                ConvBnAct::named(ConvBnConfig::new(cin, cout, k).options(opts), vb.pp(i))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let out = candle_nn::conv2d(f1, out_filter, 1, Default::default(), vb.pp(6))?;
@@ -155,12 +152,8 @@ impl YoloBody {
         check_class_count(cfg, &vb)?;
         let ch = backbone.channels();
         let opts = cfg.block_options();
-        let conv = |cin, cout, vb| {
-            ConvBnAct::named(
-                ConvBnConfig::new(cin, cout, 1).options(opts),
-                vb,
-            )
-        };
+        let conv =
+            |cin, cout, vb| ConvBnAct::named(ConvBnConfig::new(cin, cout, 1).options(opts), vb);
         Ok(Self {
             last_layer0: LastLayers::new(
                 (512, 1024),

@@ -26,7 +26,7 @@ pub(super) fn build_detector(
     device: &Device,
 ) -> anyhow::Result<Detector> {
     let num_classes = class_names.len();
-    let cfg = YoloConfig::new(args.backbone, num_classes);
+    let cfg = YoloConfig::new(args.backbone, num_classes).with_kernels(args.kernels.policy());
     let model = model::load_model(weights, &cfg, device).map_err(|e| {
         // The class count is the likely culprit only when the weights say so: a file that
         // cannot be read is named first, on its own.

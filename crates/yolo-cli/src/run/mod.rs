@@ -77,6 +77,8 @@ pub struct RunArgs {
     /// Refuse images with more pixels than this (decompression-bomb guard).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "N")]
     max_pixels: u64,
+    #[command(flatten)]
+    kernels: crate::args::KernelArgs,
 }
 
 fn unit_interval(s: &str) -> Result<f64, String> {
