@@ -36,7 +36,7 @@ use crate::gemm::matmul_into;
 use crate::im2col::Geom;
 use crate::policy::{KernelPolicy, Winograd};
 use crate::pool::{for_each_chunk_mut, parallel_for, pool_threads, SharedPtr};
-use crate::storage::contiguous_f32;
+use crate::storage::{bias_f32, contiguous_f32};
 use crate::winograd;
 
 /// Floats of im2col buffer per tile we aim for (1 MiB: about one core's L2 here).
@@ -379,10 +379,7 @@ pub fn conv2d_bias_act(
     }
     let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32;
     if cpu_f32 && policy.fast_conv {
-        let bias = match bias {
-            Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.contiguous()?,
-            None => Tensor::zeros(cout, DType::F32, x.device())?,
-        };
+        let bias = bias_f32(bias, cout, x.device())?;
         let op = DenseConv {
             stride,
             pad: padding,

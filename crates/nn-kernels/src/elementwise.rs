@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor};
 use crate::epilogue::Epilogue;
 use crate::policy::KernelPolicy;
 use crate::pool::for_each_chunk_mut;
-use crate::storage::contiguous_f32;
+use crate::storage::{bias_f32, contiguous_f32};
 
 /// The in-place `y = act(y + bias[c])` over (B, C, H, W).
 struct BiasActInPlace(Epilogue);
@@ -70,10 +70,7 @@ pub fn bias_act_owned(
         return bias_act(&y, bias, epilogue);
     }
     let c = y.dim(1)?;
-    let bias = match bias {
-        Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.contiguous()?,
-        None => Tensor::zeros(c, DType::F32, y.device())?,
-    };
+    let bias = bias_f32(bias, c, y.device())?;
     y.inplace_op2(&bias, &BiasActInPlace(epilogue))?;
     Ok(y)
 }

@@ -9,7 +9,7 @@ use crate::elementwise::bias_act_owned;
 use crate::epilogue::Epilogue;
 use crate::policy::KernelPolicy;
 use crate::pool::for_each_chunk_mut;
-use crate::storage::contiguous_f32;
+use crate::storage::{bias_f32, contiguous_f32};
 
 /// One channel of a 3x3 depthwise convolution: `x` (H, W) into `out` (OH, OW), row by
 /// row. Also compiled for AVX-512 and picked at run time (16 lanes where the baseline
@@ -147,10 +147,7 @@ pub fn depthwise_conv2d_bias_act(
         let y = depthwise_conv2d(x, weight, stride, padding)?;
         return bias_act_owned(y, bias, epilogue, policy);
     }
-    let bias = match bias {
-        Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.contiguous()?,
-        None => Tensor::zeros(c, DType::F32, x.device())?,
-    };
+    let bias = bias_f32(bias, c, x.device())?;
     x.contiguous()?.apply_op3_no_bwd(
         &weight.contiguous()?,
         &bias,
