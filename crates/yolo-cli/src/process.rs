@@ -7,9 +7,9 @@
 /// CPU mask); sets `RAYON_NUM_THREADS` to it and returns it.
 ///
 /// Without `RAYON_NUM_THREADS`, candle works that default out again at every call, and
-/// calls it in most CPU ops: on Linux that reads `/proc/cpuinfo` each time (66,000 reads
-/// in three training steps at 64 px, a third of the run's time in the kernel). With the
-/// variable set, the call reads the environment only.
+/// calls it in most CPU ops: on Linux that reads `/proc/cpuinfo` each time (a large share
+/// of a training run's time, measured in `docs/performance.md`). With the variable set, the
+/// call reads the environment only.
 ///
 /// It sets an environment variable, which is only sound while no other thread reads the
 /// environment: call it at startup, before any thread starts.
