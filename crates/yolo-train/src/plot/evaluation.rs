@@ -289,8 +289,8 @@ fn legend<'a, 'b: 'a, X: Ranged, Y: Ranged>(
         .configure_series_labels()
         .position(at)
         .label_font((FONT, 14))
-        .background_style(&WHITE.mix(0.85))
-        .border_style(&RGBColor(170, 170, 170))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(170, 170, 170))
         .draw()?;
     Ok(())
 }
@@ -307,8 +307,9 @@ fn bars_size(n: usize) -> (u32, u32) {
     (900, (140 + 30 * n as u32).clamp(360, 2400))
 }
 
-/// Horizontal bars sorted by value (the largest on top), the class names on the y axis
-/// and each value written after its bar, on an x axis from 0 to `x_max`.
+/// Horizontal bars sorted by value (the largest on top, ties in the given order), the
+/// class names on the y axis and each value written after its bar, on an x axis from 0
+/// to `x_max` (above 1: counts).
 fn draw_bars(
     root: &Area<'_>,
     title: &str,
@@ -317,6 +318,8 @@ fn draw_bars(
     x_max: f64,
     color: RGBColor,
 ) -> Drawn {
+    // the largest on top; ties in class order from the top
+    bars.reverse();
     bars.sort_by(|a, b| a.value.total_cmp(&b.value));
     let longest = bars
         .iter()
@@ -339,8 +342,9 @@ fn draw_bars(
             String::new()
         }
     };
+    // counts read as whole numbers, shares with a decimal
     let x_fmt = |v: &f64| {
-        if x_max > 10.0 {
+        if x_max > 1.0 && v.fract() == 0.0 {
             format!("{v:.0}")
         } else {
             format!("{v:.1}")

@@ -288,8 +288,8 @@ fn draw_panel(area: &Area<'_>, p: &Panel, x: (f64, f64)) -> Drawn {
             .configure_series_labels()
             .position(p.legend_at.clone())
             .label_font((FONT, 14))
-            .background_style(&WHITE.mix(0.85))
-            .border_style(&RGBColor(170, 170, 170))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(170, 170, 170))
             .draw()?;
     }
     Ok(())
