@@ -1,4 +1,5 @@
-//! `yolo-cli eval`: VOC mAP@0.5 (the reference's `get_map.py`) and COCO-style mAP@[.5:.95].
+//! `yolo-cli eval`: VOC mAP@0.5 (the reference's `get_map.py`) and COCO-style mAP@[.5:.95],
+//! and with `--plots DIR` the pictures and tables of the evaluation.
 
 use std::path::PathBuf;
 
@@ -6,6 +7,7 @@ use candle_core::DType;
 use candle_nn::VarBuilder;
 use clap::Args;
 use yolo_train::dataset::{load_annotations, BadLinePolicy};
+use yolo_train::plot::EvalPlotInput;
 use yolov3_head::{BackboneKind, ClassNames, YoloBody, YoloConfig};
 
 /// Arguments of `yolo-cli eval`.
@@ -30,6 +32,17 @@ pub struct EvalArgs {
     /// weights as anchors.txt); default: the YOLOv3 anchors.
     #[arg(long)]
     pub anchors: Option<PathBuf>,
+    /// Also draw the evaluation into DIR: a precision/recall curve per class with its AP
+    /// (pr_curves/), all of them in pr_curves.png, AP and ground-truth counts per class as
+    /// bar charts, the confusion matrix; and the numbers as ap_per_class.csv and
+    /// confusion_matrix.csv.
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
+    /// With --plots: the score from which a detection counts in the confusion matrix and
+    /// in the precision, recall and F1 of ap_per_class.csv (the reference's
+    /// score_threhold).
+    #[arg(long, default_value_t = 0.5, value_name = "SCORE")]
+    pub plot_conf: f32,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -45,6 +58,9 @@ pub struct EvalArgs {
 
 /// Runs `yolo-cli eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<std::process::ExitCode> {
+    if !(0.0..=1.0).contains(&args.plot_conf) {
+        anyhow::bail!("--plot-conf {}: a score from 0 to 1", args.plot_conf);
+    }
     let names = ClassNames::from_file(&args.classes)?;
     let policy = if args.strict {
         BadLinePolicy::Refuse
@@ -64,7 +80,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<std::process::ExitCode> {
     )?;
     let input_wh = crate::train::parse_size(&args.input_size)?;
     let anchors = crate::model::resolve_anchors(args.anchors.as_deref())?;
-    let report = yolo_train::trainer::evaluate_model(
+    let (dets, gts) = yolo_train::trainer::detect_samples(
         model,
         names.names(),
         &anchors,
@@ -72,6 +88,22 @@ pub fn run(args: EvalArgs) -> anyhow::Result<std::process::ExitCode> {
         &ann.samples,
         &device,
     )?;
+    let report = yolo_train::metrics::evaluate(&dets, &gts, names.names());
+    if let Some(dir) = &args.plots {
+        let input = EvalPlotInput {
+            dets: &dets,
+            gts: &gts,
+            names: names.names(),
+            report: &report,
+            conf: args.plot_conf,
+        };
+        let files = yolo_train::plot::write_eval_plots(dir, &input)?;
+        eprintln!(
+            "plots and tables: {} files in {}",
+            files.len(),
+            dir.display()
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

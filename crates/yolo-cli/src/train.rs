@@ -69,7 +69,8 @@ pub struct TrainArgs {
     /// Weight decay on conv weights (default 5e-4 for SGD, 0 for Adam).
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// Output folder: last/, best/, log.jsonl, loss.png.
+    /// Output folder: last/, best/, log.jsonl, results.csv, results.png (the last two
+    /// redrawn after every epoch).
     #[arg(long, default_value = "runs/train")]
     pub save_dir: PathBuf,
     /// Also keep epoch_NNN.safetensors every N epochs (0: never).
@@ -222,7 +223,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
             let map = r
                 .map50
                 .map(|m| format!(" mAP@0.5 {m:.4}"))
-                .unwrap_or_default();
+                .unwrap_or_default()
+                + &r.map50_95
+                    .map(|m| format!(" mAP@.5:.95 {m:.4}"))
+                    .unwrap_or_default();
             eprintln!(
                 "epoch {}: loss {:.4} val_loss {:.4}{map} ({:.1} s)",
                 r.epoch, r.loss, r.val_loss, r.seconds
@@ -240,12 +244,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<std::process::ExitCode> {
         r => r?,
     };
     eprintln!(
-        "done in {:.1} s: {} epochs; weights {}, log {}, plot {}",
+        "done in {:.1} s: {} epochs; weights {}, log {}, table {}, plots {}",
         t0.elapsed().as_secs_f64(),
         hist.len(),
         args.save_dir.join("best/weights.safetensors").display(),
         args.save_dir.join("log.jsonl").display(),
-        args.save_dir.join("loss.png").display()
+        args.save_dir.join("results.csv").display(),
+        args.save_dir.join("results.png").display()
     );
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -210,6 +210,11 @@ fn train_and_eval_on_the_cpu() {
     assert!(stderr.contains(", on cpu"), "{stderr}");
     let weights = dir.path().join("run/last/weights.safetensors");
     assert!(weights.is_file());
+    // the epochs as a table and a picture
+    let csv = std::fs::read_to_string(dir.path().join("run/results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    let png = image::open(dir.path().join("run/results.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (1500, 800));
     // `yolo-cli eval` of the run's weights on the validation set, with `extra` flags
     let eval = |extra: &[&str]| {
         cli(dir.path())
@@ -230,6 +235,61 @@ fn train_and_eval_on_the_cpu() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(report.get("map50").is_some(), "{report}");
+    // --plots: the pictures and tables of the evaluation
+    let o = eval(&["--device", "cpu", "--plots", "plots", "--plot-conf", "0.25"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("files in plots"),
+        "{}",
+        text(&o.stderr)
+    );
+    let plots = dir.path().join("plots");
+    for f in [
+        "pr_curves/000_square.png",
+        "pr_curves/001_disc.png",
+        "pr_curves/002_triangle.png",
+        "pr_curves.png",
+        "ap_per_class.png",
+        "ground_truth.png",
+        "confusion_matrix.png",
+    ] {
+        let img = image::open(plots.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(img.width() >= 360 && img.height() >= 360, "{f}");
+    }
+    let ap = std::fs::read_to_string(plots.join("ap_per_class.csv")).unwrap();
+    assert_eq!(ap.lines().count(), 1 + 3 + 1, "{ap}");
+    assert!(ap.starts_with("class_id,class,gt,detections,tp,fp,precision,recall,f1,ap50,ap50_95\n"));
+    let cm = std::fs::read_to_string(plots.join("confusion_matrix.csv")).unwrap();
+    assert_eq!(cm.lines().count(), 1 + 4, "{cm}");
+    // the ground truth of the validation set is all counted, once, in the matrix
+    let gt_total: usize = ap
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let in_matrix: usize = cm
+        .lines()
+        .skip(1)
+        .flat_map(|l| {
+            l.split(',')
+                .skip(1)
+                .take(3)
+                .map(|v| v.parse::<usize>().unwrap())
+        })
+        .sum();
+    assert_eq!(in_matrix, gt_total, "{cm}");
+    // a score out of range is refused, naming the flag
+    let o = eval(&["--device", "cpu", "--plots", "plots", "--plot-conf", "2"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--plot-conf"),
+        "{}",
+        text(&o.stderr)
+    );
     // a GPU that is not built in is refused with the flag named
     if !cfg!(feature = "cuda") {
         let o = eval(&["--device", "cuda"]);

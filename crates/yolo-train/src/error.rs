@@ -27,6 +27,14 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// A picture (plot) could not be drawn or encoded.
+    #[error("{path}: cannot draw the plot: {message}")]
+    Plot {
+        /// The picture's file.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
     /// A bad line in an annotation file (with `--on-bad-line refuse`).
     #[error("{path}:{line}: {message}")]
     Annotation {

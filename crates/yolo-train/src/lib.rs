@@ -1,6 +1,7 @@
 //! Training and evaluation for yolo-rs: the reference's `YOLOLoss`, data loading and
 //! augmentation, optimisers, learning-rate schedule, checkpoints, the training loop,
-//! VOC/COCO mAP, anchor k-means, VOC annotation and a synthetic detection data set.
+//! VOC/COCO mAP, a confusion matrix, plots and CSV tables of training and evaluation,
+//! anchor k-means, VOC annotation and a synthetic detection data set.
 //!
 //! Follows bubbliiiing/yolo3-pytorch (`nets/yolo_training.py`, `utils/dataloader.py`,
 //! `train.py`, `utils/utils_fit.py`, `get_map.py`, `kmeans_for_anchors.py`,
@@ -12,11 +13,13 @@ pub mod loss;
 pub use error::{Error, Result};
 pub use loss::{LossTerms, TargetBox, YoloLoss};
 pub mod augment;
+pub mod confusion;
 pub mod dataset;
 pub mod kmeans;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+pub mod tables;
 mod tensor_file;
 pub mod trainer;
 pub mod voc;

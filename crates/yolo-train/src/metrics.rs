@@ -97,7 +97,9 @@ pub fn coco_ap(rec: &[f64], prec: &[f64]) -> f64 {
     sum / 101.0
 }
 
-fn iou(a: &[f32; 4], b: &[f32; 4], plus_one: f64) -> f64 {
+/// IoU of two `[x1, y1, x2, y2]` boxes, `plus_one` (1 or 0) pixel added to each side as
+/// the VOC or the COCO convention.
+pub(crate) fn iou(a: &[f32; 4], b: &[f32; 4], plus_one: f64) -> f64 {
     let (a, b) = (a.map(f64::from), b.map(f64::from));
     let iw = a[2].min(b[2]) - a[0].max(b[0]) + plus_one;
     let ih = a[3].min(b[3]) - a[1].max(b[1]) + plus_one;
@@ -275,6 +277,116 @@ pub fn evaluate(dets: &[DetBox], gts: &[GtBox], names: &[String]) -> EvalReport 
     }
 }
 
+/// The precision/recall curve of one class at IoU 0.5 as `get_map.py` draws it: the
+/// class's detections by decreasing score, and after each of them the true positives,
+/// recall and precision so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrCurve {
+    /// Class id.
+    pub class_id: usize,
+    /// Class name.
+    pub name: String,
+    /// Ground-truth boxes of the class.
+    pub num_gt: usize,
+    /// Scores of the detections, decreasing.
+    pub scores: Vec<f32>,
+    /// True positives among the detections so far.
+    pub tp: Vec<usize>,
+    /// Recall after each detection (0 without ground truth).
+    pub recall: Vec<f64>,
+    /// Precision after each detection.
+    pub precision: Vec<f64>,
+    /// VOC AP@0.5: the area under the curve made monotone (0 without ground truth).
+    pub ap: f64,
+}
+
+/// A class's detections at or above a score: counts and rates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AtScore {
+    /// Detections matching a ground truth (IoU >= 0.5, each ground truth once).
+    pub tp: usize,
+    /// The other detections.
+    pub fp: usize,
+    /// `tp / (tp + fp)` (0 without detections).
+    pub precision: f64,
+    /// `tp / ground truth` (0 without ground truth).
+    pub recall: f64,
+    /// Harmonic mean of precision and recall (0 when both are).
+    pub f1: f64,
+}
+
+impl PrCurve {
+    /// Counts and rates of the detections scoring at least `score`.
+    pub fn at_score(&self, score: f32) -> AtScore {
+        let k = self.scores.partition_point(|&s| s >= score);
+        let tp = if k == 0 { 0 } else { self.tp[k - 1] };
+        let precision = if k == 0 { 0.0 } else { tp as f64 / k as f64 };
+        let recall = if self.num_gt == 0 {
+            0.0
+        } else {
+            tp as f64 / self.num_gt as f64
+        };
+        let f1 = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
+        AtScore {
+            tp,
+            fp: k - tp,
+            precision,
+            recall,
+            f1,
+        }
+    }
+
+    /// The precision made monotone from the right, as `voc_ap` integrates it: at each
+    /// detection, the best precision at this recall or beyond.
+    pub fn interpolated_precision(&self) -> Vec<f64> {
+        let mut q = self.precision.clone();
+        for i in (0..q.len().saturating_sub(1)).rev() {
+            q[i] = q[i].max(q[i + 1]);
+        }
+        q
+    }
+}
+
+/// The precision/recall curve of each of the `names.len()` classes at IoU 0.5 (matching
+/// as `get_map.py`, the AP the same as [`evaluate`]'s).
+pub fn pr_curves(dets: &[DetBox], gts: &[GtBox], names: &[String]) -> Vec<PrCurve> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let (g, d) = class_boxes(dets, gts, c);
+            let scores: Vec<f32> = d.iter().map(|d| d.score).collect();
+            let (recall, precision, ap) = if g.is_empty() {
+                (vec![0.0; d.len()], vec![0.0; d.len()], 0.0)
+            } else {
+                let (r, p) = pr_curve(&d, &g, 0.5, Matching::Voc);
+                let ap = voc_ap(&r, &p);
+                (r, p, ap)
+            };
+            // precision = tp / (k + 1) exactly as a ratio of small integers
+            let tp = precision
+                .iter()
+                .enumerate()
+                .map(|(k, p)| (p * (k + 1) as f64).round() as usize)
+                .collect();
+            PrCurve {
+                class_id: c,
+                name: name.clone(),
+                num_gt: g.len(),
+                scores,
+                tp,
+                recall,
+                precision,
+                ap,
+            }
+        })
+        .collect()
+}
+
 impl EvalReport {
     /// A plain-text table.
     pub fn table(&self) -> String {
@@ -386,5 +498,24 @@ mod tests {
             r.classes[0].ap50_95
         );
         assert!(r.table().contains("mAP"));
+        // the curves: the same AP, and counts at a score
+        let curves = pr_curves(&dets, &gts, &names(3));
+        assert_eq!(curves.len(), 3);
+        assert_eq!(curves[0].ap, r.classes[0].ap50);
+        assert_eq!(curves[0].tp, vec![1, 1, 2]);
+        assert_eq!(curves[0].scores, vec![0.9, 0.8, 0.7]);
+        assert_eq!(
+            curves[0].interpolated_precision(),
+            vec![1.0, 2.0 / 3.0, 2.0 / 3.0]
+        );
+        let at = curves[0].at_score(0.75);
+        assert_eq!((at.tp, at.fp, at.precision, at.recall), (1, 1, 0.5, 0.5));
+        assert!((at.f1 - 0.5).abs() < 1e-12);
+        assert_eq!(curves[0].at_score(0.95).tp, 0);
+        assert_eq!(curves[0].at_score(0.95).f1, 0.0);
+        // class 1: ground truth, no detection; class 2: a detection, no ground truth
+        assert_eq!((curves[1].num_gt, curves[1].scores.len()), (1, 0));
+        let at = curves[2].at_score(0.5);
+        assert_eq!((at.tp, at.fp, at.recall), (0, 1, 0.0));
     }
 }

@@ -51,10 +51,22 @@ fn loss_falls_and_checkpoints_resume() {
         "last/state.json",
         "best/weights.safetensors",
         "log.jsonl",
-        "loss.png",
+        "results.csv",
+        "results.png",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    // the table has a row per epoch with the validation terms; the picture its size
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 8, "{csv}");
+    assert!(csv.starts_with(
+        "epoch,loss,loc,conf,cls,val_loss,val_loc,val_conf,val_cls,map50,map50_95,lr"
+    ));
+    assert!(hist
+        .iter()
+        .all(|r| r.val_loc.is_some() && r.val_cls.is_some()));
+    let png = image::open(out.join("results.png")).unwrap();
+    assert_eq!((png.width(), png.height()), yolo_train::plot::RESULTS_SIZE);
     assert_eq!(
         std::fs::read_to_string(out.join("log.jsonl"))
             .unwrap()

@@ -8,16 +8,17 @@ use crate::dataset::Sample;
 use crate::metrics::{evaluate, round_as_get_map_txt, DetBox, EvalReport, GtBox};
 use crate::Result;
 
-/// Runs the detector over `samples` and evaluates (conf 0.001, NMS 0.5, letterbox) as
-/// the reference's `get_map.py`, detections rounded as it writes them.
-pub fn evaluate_model(
+/// Runs the detector over `samples` (conf 0.001, NMS 0.5, letterbox) as the reference's
+/// `get_map.py`; returns its detections, rounded as it writes them, and the ground truth,
+/// both with the index of their sample as image.
+pub fn detect_samples(
     model: YoloBody,
     names: &[String],
     anchors: &Anchors,
     input_wh: (u32, u32),
     samples: &[Sample],
     device: &Device,
-) -> Result<EvalReport> {
+) -> Result<(Vec<DetBox>, Vec<GtBox>)> {
     let cfg = DetectorConfig::new(ClassNames::new(names.to_vec())?)
         .with_anchors(anchors.clone())
         .with_input_size(input_wh.0 as usize, input_wh.1 as usize)
@@ -45,5 +46,19 @@ pub fn evaluate_model(
             });
         }
     }
+    Ok((dets, gts))
+}
+
+/// Runs the detector over `samples` and evaluates as the reference's `get_map.py` (see
+/// [`detect_samples`]).
+pub fn evaluate_model(
+    model: YoloBody,
+    names: &[String],
+    anchors: &Anchors,
+    input_wh: (u32, u32),
+    samples: &[Sample],
+    device: &Device,
+) -> Result<EvalReport> {
+    let (dets, gts) = detect_samples(model, names, anchors, input_wh, samples, device)?;
     Ok(evaluate(&dets, &gts, names))
 }

@@ -1,7 +1,7 @@
 //! The training loop: the reference's `train.py` + `fit_one_epoch` with a freeze phase,
 //! warm-up/cosine LR per epoch, a loader thread feeding batches through a channel,
 //! validation loss, optional mAP, atomic checkpoints (`last/`, `best/`), resume, a JSONL
-//! log and a PNG plot.
+//! log, and a table and plots of the epochs (`results.csv`, `results.png`).
 //!
 //! - `config`: [`TrainConfig`], its defaults and builders;
 //! - `events`: what a run reports, [`Event`] and [`EpochRecord`];
@@ -22,7 +22,9 @@ mod run;
 
 pub use checkpoint::{anchors_file_text, backbone_prefix, load_matching, load_pretrained_backbone};
 pub use config::TrainConfig;
-pub use evaluate::evaluate_model;
+pub use evaluate::{detect_samples, evaluate_model};
+#[cfg(test)]
+pub(crate) use events::synthetic_history;
 pub use events::{EpochRecord, Event};
 pub use model::{build_train_model, folded_model};
 pub use run::train;

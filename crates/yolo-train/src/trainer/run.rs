@@ -1,8 +1,8 @@
 //! The training loop, [`train`]: a run is set up (model, optimiser, loss, and its start
 //! from a checkpoint or from initial weights), then each epoch goes through named steps
 //! — its plan (freeze, batch size, learning rate, step counts), the training steps, the
-//! validation loss, mAP when due, the checkpoints and the JSONL log — and the loss plot
-//! is drawn at the end.
+//! validation loss, mAP when due, the checkpoints, the JSONL log, and `results.csv` and
+//! `results.png` redrawn, so that a run under way can be watched.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -39,7 +39,6 @@ pub fn train(
     for epoch in run.state.epoch..cfg.epochs {
         run.epoch(epoch, &train_set, &val_set, on_event)?;
     }
-    crate::plot::plot_history(&run.state.history, &cfg.save_dir.join("loss.png"))?;
     Ok(run.state.history)
 }
 
@@ -167,8 +166,8 @@ impl<'a> Run<'a> {
             steps: plan.steps,
         });
         let sums = self.train_steps(epoch, &plan, train_set, t0, on_event)?;
-        let val_loss = self.validation_loss(epoch, &plan, val_set)?;
-        let map50 = self.map50_if_due(epoch, val_set)?;
+        let val = self.validation_loss(epoch, &plan, val_set)?;
+        let map = self.map_if_due(epoch, val_set)?;
         let sn = plan.steps as f64;
         let rec = EpochRecord {
             epoch: epoch + 1,
@@ -176,8 +175,12 @@ impl<'a> Run<'a> {
             loc: (sums[1] / sn) as f32,
             conf: (sums[2] / sn) as f32,
             cls: (sums[3] / sn) as f32,
-            val_loss,
-            map50,
+            val_loss: val[0],
+            val_loc: Some(val[1]),
+            val_conf: Some(val[2]),
+            val_cls: Some(val[3]),
+            map50: map.map(|m| m.0),
+            map50_95: map.map(|m| m.1),
             lr: self.opt.lr,
             frozen: plan.frozen,
             seconds: t0.elapsed().as_secs_f64(),
@@ -261,8 +264,14 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// The mean validation loss of `epoch`: plain letterbox, running BatchNorm statistics.
-    fn validation_loss(&self, epoch: usize, plan: &EpochPlan, val_set: &[Sample]) -> Result<f32> {
+    /// The mean validation loss of `epoch` and its terms (total, loc, conf, cls): plain
+    /// letterbox, running BatchNorm statistics.
+    fn validation_loss(
+        &self,
+        epoch: usize,
+        plan: &EpochPlan,
+        val_set: &[Sample],
+    ) -> Result<[f32; 4]> {
         let loader = Loader::spawn(
             val_set.to_vec(),
             plan.batch,
@@ -271,28 +280,30 @@ impl<'a> Run<'a> {
             None,
             None,
         );
-        let mut val = 0f64;
+        let mut sums = [0f64; 4];
         for _ in 0..plan.val_steps {
             let (x, targets) = loader.next_batch(self.device)?;
             let (o0, o1, o2) = self.model.forward_t(&x, false)?;
-            val += self
-                .loss_fn
-                .forward_all(&[&o0, &o1, &o2], &targets)?
-                .total_value()? as f64;
+            let terms = self.loss_fn.forward_all(&[&o0, &o1, &o2], &targets)?;
+            let values = [terms.total_value()?, terms.loc, terms.conf, terms.cls];
+            for (s, v) in sums.iter_mut().zip(values) {
+                *s += v as f64;
+            }
         }
-        let val_loss = (val / plan.val_steps as f64) as f32;
-        if !val_loss.is_finite() {
+        let means = sums.map(|s| (s / plan.val_steps as f64) as f32);
+        if !means[0].is_finite() {
             return Err(Error::NonFiniteLoss {
                 epoch: epoch + 1,
                 step: plan.steps,
-                value: val_loss,
+                value: means[0],
             });
         }
-        Ok(val_loss)
+        Ok(means)
     }
 
-    /// mAP@0.5 on the validation set every `eval_period` epochs and after the last one.
-    fn map50_if_due(&self, epoch: usize, val_set: &[Sample]) -> Result<Option<f64>> {
+    /// mAP@0.5 and mAP@[.5:.95] on the validation set every `eval_period` epochs and
+    /// after the last one.
+    fn map_if_due(&self, epoch: usize, val_set: &[Sample]) -> Result<Option<(f64, f64)>> {
         let cfg = self.cfg;
         let done = epoch + 1;
         let due =
@@ -309,11 +320,12 @@ impl<'a> Run<'a> {
             val_set,
             self.device,
         )?;
-        Ok(Some(report.map50))
+        Ok(Some((report.map50, report.map50_95)))
     }
 
     /// Records a finished epoch: the state, the `last` checkpoint (and `best` when its
-    /// validation loss is the lowest so far), the periodic weights file and the log.
+    /// validation loss is the lowest so far), the periodic weights file, the log, and
+    /// `results.csv` and `results.png` of all epochs so far.
     fn finish_epoch(&mut self, rec: EpochRecord) -> Result<()> {
         let cfg = self.cfg;
         let (epoch, val_loss) = (rec.epoch, rec.val_loss);
@@ -332,7 +344,10 @@ impl<'a> Run<'a> {
             let p = cfg.save_dir.join(format!("epoch_{epoch:03}.safetensors"));
             save_weights(&p, &self.varmap)?;
         }
-        write_log(&cfg.save_dir.join("log.jsonl"), &self.state.history)
+        let history = &self.state.history;
+        write_log(&cfg.save_dir.join("log.jsonl"), history)?;
+        crate::tables::write_results_csv(&cfg.save_dir.join("results.csv"), history)?;
+        crate::plot::plot_results(history, &cfg.save_dir.join("results.png"))
     }
 }
 
