@@ -399,6 +399,8 @@ fn missing_default_weights_say_which_command_to_run() {
         let out = Command::cargo_bin("yolo-cli")
             .unwrap()
             .current_dir(dir.path())
+            // the checkout's directory, where `cargo xtask download-weights` installs
+            .env("YOLO_RS_WEIGHTS_DIR", "model_data/weights")
             .env("HF_HOME", dir.path().join("hf"))
             .env("HF_ENDPOINT", format!("http://127.0.0.1:{unused_port}"))
             .env(key, value)
@@ -418,6 +420,7 @@ fn missing_default_weights_say_which_command_to_run() {
     let out = Command::cargo_bin("yolo-cli")
         .unwrap()
         .current_dir(dir.path())
+        .env("YOLO_RS_WEIGHTS_DIR", "model_data/weights")
         .args(["run", "a.png", "--no-draw", "--backbone", "mobilenetv2"])
         .output()
         .unwrap();
@@ -749,4 +752,220 @@ fn download_help_and_unknown_models() {
         assert!(err.contains(&spec.name), "{}: {err}", spec.name);
     }
     assert!(!dir.path().join("w").exists() && !dir.path().join("hf").exists());
+}
+
+/// `yolo-cli run a.png` without `--weights` (offline) at 64x64, run in `cwd`: the
+/// default weights of `backbone` (`mobilenetv2-voc.safetensors`, `darknet53-coco...`).
+fn run_default_weights(cwd: &Path, backbone: &str) -> Command {
+    let mut cmd = Command::cargo_bin("yolo-cli").unwrap();
+    cmd.current_dir(cwd)
+        .env_remove("YOLO_RS_WEIGHTS_DIR")
+        .env("HF_HUB_OFFLINE", "1")
+        .args([
+            "run",
+            "--backbone",
+            backbone,
+            "--input-size",
+            "64",
+            "--device",
+            "cpu",
+            "--conf",
+            "0.05",
+            "--format",
+            "json",
+            "--no-draw",
+            "a.png",
+        ]);
+    cmd
+}
+
+/// The default weights come from `--weights-dir` or `YOLO_RS_WEIGHTS_DIR` (the flag wins),
+/// from any current directory; a missing default names the directory and the command
+/// that installs there.
+#[test]
+fn weights_dir_flag_and_variable_hold_the_default_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights_dir = dir.path().join("weights");
+    std::fs::create_dir(&weights_dir).unwrap();
+    std::fs::copy(weights(), weights_dir.join("mobilenetv2-voc.safetensors")).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    image(40, 30, 3).save(elsewhere.join("a.png")).unwrap();
+    let reference = run(&elsewhere)
+        .args(["a.png", "--conf", "0.05", "--format", "json", "--no-draw"])
+        .output()
+        .unwrap();
+    assert!(reference.status.success(), "{}", stderr_of(&reference));
+    let expected: Value = serde_json::from_str(&stdout_of(&reference)).unwrap();
+
+    let by_variable = run_default_weights(&elsewhere, "mobilenetv2")
+        .env("YOLO_RS_WEIGHTS_DIR", &weights_dir)
+        .output()
+        .unwrap();
+    assert!(by_variable.status.success(), "{}", stderr_of(&by_variable));
+    let by_flag = run_default_weights(&elsewhere, "mobilenetv2")
+        .env("YOLO_RS_WEIGHTS_DIR", dir.path().join("nothing here"))
+        .arg("--weights-dir")
+        .arg(&weights_dir)
+        .output()
+        .unwrap();
+    assert!(by_flag.status.success(), "{}", stderr_of(&by_flag));
+    for out in [&by_variable, &by_flag] {
+        let got: Value = serde_json::from_str(&stdout_of(out)).unwrap();
+        assert_same_detections(&got, &expected);
+    }
+
+    // darknet53-coco is not there: offline, the error names the file and the command
+    let empty = dir.path().join("empty");
+    let out = run_default_weights(&elsewhere, "darknet53")
+        .env("YOLO_RS_WEIGHTS_DIR", &empty)
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    let file = empty.join("darknet53-coco.safetensors");
+    assert!(
+        err.contains(&format!("no weights at {}", file.display()))
+            && err.contains(&format!(
+                "run `yolo-cli download darknet53-coco --dir {}`",
+                empty.display()
+            )),
+        "{err}"
+    );
+    assert!(!file.exists());
+}
+
+/// Without `--weights-dir` or the variable, the default weights live in the user's data
+/// directory (`$XDG_DATA_HOME/yolo-rs/weights` on Linux).
+#[cfg(target_os = "linux")]
+#[test]
+fn default_weights_dir_is_in_the_users_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let weights_dir = data.join("yolo-rs/weights");
+    std::fs::create_dir_all(&weights_dir).unwrap();
+    std::fs::copy(weights(), weights_dir.join("mobilenetv2-voc.safetensors")).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    image(40, 30, 4).save(elsewhere.join("a.png")).unwrap();
+    let out = run_default_weights(&elsewhere, "mobilenetv2")
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", &data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let got: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(got.as_object().map(|o| o.len()), Some(1), "{got}");
+}
+
+/// `cargo install --path crates/yolo-cli` into a temporary root, then the installed
+/// binary's `summary` and `run` from a directory outside the checkout, its default
+/// weights found through `YOLO_RS_WEIGHTS_DIR` and through the data directory.
+///
+/// Ignored by default: it is a release build of the whole binary. `.ci/run` runs it
+/// (`cargo test -p yolo-cli --test cli -- --ignored installed_binary`).
+#[test]
+#[ignore = "a release build (cargo install); run by .ci/run"]
+fn installed_binary_runs_from_any_directory() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("prefix");
+    // the workspace's target directory, so that an earlier release build is reused
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .arg("install")
+        .arg("--locked")
+        .arg("--path")
+        .arg(root.join("crates/yolo-cli"))
+        .arg("--root")
+        .arg(&prefix)
+        .env("CARGO_TARGET_DIR", target)
+        .status()
+        .expect("start cargo install");
+    assert!(status.success(), "cargo install failed: {status}");
+    let bin = prefix
+        .join("bin")
+        .join(format!("yolo-cli{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.is_file(), "{}", bin.display());
+
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let installed = || {
+        let mut cmd = Command::new(&bin);
+        cmd.current_dir(&elsewhere)
+            .env_remove("YOLO_RS_WEIGHTS_DIR")
+            .env("HF_HUB_OFFLINE", "1");
+        cmd
+    };
+
+    let summary = installed()
+        .args([
+            "summary",
+            "--backbone",
+            "darknet53",
+            "--num-classes",
+            "80",
+            "--input-size",
+            "64",
+        ])
+        .output()
+        .unwrap();
+    assert!(summary.status.success(), "{}", stderr_of(&summary));
+    assert!(
+        stdout_of(&summary).contains("YoloBody(darknet53, 80 classes) at 64x64"),
+        "{}",
+        stdout_of(&summary)
+    );
+
+    image(40, 30, 5).save(elsewhere.join("a.png")).unwrap();
+    let weights_dir = tmp.path().join("weights");
+    std::fs::create_dir(&weights_dir).unwrap();
+    std::fs::copy(weights(), weights_dir.join("mobilenetv2-voc.safetensors")).unwrap();
+    let args = [
+        "run",
+        "a.png",
+        "--backbone",
+        "mobilenetv2",
+        "--input-size",
+        "64",
+        "--device",
+        "cpu",
+        "--conf",
+        "0.05",
+        "--format",
+        "json",
+    ];
+    let expected = run(&elsewhere)
+        .args(["a.png", "--conf", "0.05", "--format", "json", "--no-draw"])
+        .output()
+        .unwrap();
+    let expected: Value = serde_json::from_str(&stdout_of(&expected)).unwrap();
+    let by_variable = installed()
+        .env("YOLO_RS_WEIGHTS_DIR", &weights_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(by_variable.status.success(), "{}", stderr_of(&by_variable));
+    let got: Value = serde_json::from_str(&stdout_of(&by_variable)).unwrap();
+    assert_same_detections(&got, &expected);
+    // the drawn image, with the built-in font, in runs/detect of the current directory
+    assert!(elsewhere.join("runs/detect/a.png").is_file());
+
+    if cfg!(target_os = "linux") {
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(data.join("yolo-rs")).unwrap();
+        std::fs::rename(&weights_dir, data.join("yolo-rs/weights")).unwrap();
+        let by_data_dir = installed()
+            .env("HOME", tmp.path())
+            .env("XDG_DATA_HOME", &data)
+            .args(args)
+            .arg("--no-draw")
+            .output()
+            .unwrap();
+        assert!(by_data_dir.status.success(), "{}", stderr_of(&by_data_dir));
+        let got: Value = serde_json::from_str(&stdout_of(&by_data_dir)).unwrap();
+        assert_same_detections(&got, &expected);
+    }
 }

@@ -5,8 +5,10 @@
 //!   (runs `yolo-cli download` from the release build).
 //! - `bench`: CPU speed against PyTorch eager and ONNX Runtime (installs them in a venv).
 //! - `check-cuda`: `cargo check --workspace --features cuda` with nvcc from PyPI.
+//! - `bump-version`: one new version for every crate (root `Cargo.toml`).
 
 mod bench;
+mod bump;
 mod check_cuda;
 mod download;
 mod golden;
@@ -32,6 +34,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// `cargo check --workspace --features cuda` with nvcc installed from PyPI.
     CheckCuda(check_cuda::CheckCudaArgs),
+    /// Set the version of every crate (workspace version and path dependencies).
+    BumpVersion(bump::BumpArgs),
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -50,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Task::DownloadWeights(args) => download::run(&root, args),
         Task::Bench(args) => bench::bench(&root, args),
         Task::CheckCuda(args) => check_cuda::check_cuda(&root, args),
+        Task::BumpVersion(args) => bump::bump(&root, args),
     }
 }

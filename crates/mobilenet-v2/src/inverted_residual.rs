@@ -81,7 +81,7 @@ impl InvertedResidual {
 }
 
 impl InvertedResidual {
-    /// Forward pass; `train` is passed to the BatchNorms (see [`BnMode`]).
+    /// Forward pass; `train` is passed to the BatchNorms (see [`BnMode`](nn_blocks::BnMode)).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         // (B, inp, H, W) -> (B, hidden, H, W) -> (B, hidden, H/s, W/s) -> (B, oup, H/s, W/s)
         let mut y = x.clone();

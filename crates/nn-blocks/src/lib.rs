@@ -1,4 +1,6 @@
-//! Shared layers of yolo-rs.
+#![doc = include_str!("../README.md")]
+//!
+//! ## Contents
 //!
 //! - [`ConvBnAct`]: `Conv2d` + `BatchNorm2d` + activation, the building block of
 //!   every network here (the seed's `ConvBNReLU`, the head's `conv2d`, Darknet53's

@@ -1,6 +1,6 @@
-//! CPU kernels of yolo-rs, apart from any layer type: they know buffers, shapes and an
-//! [`Epilogue`] (bias plus activation), and run as candle custom ops on `f32` CPU
-//! tensors, falling back to candle's own operations elsewhere.
+#![doc = include_str!("../README.md")]
+//!
+//! ## Contents
 //!
 //! - [`conv2d_bias_act`] (`dense`): dense convolution by tiled im2col and GEMM with the
 //!   epilogue fused; 3x3 stride-1 layers by Winograd's F(2x2, 3x3) or F(4x4, 3x3)

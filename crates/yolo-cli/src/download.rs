@@ -2,13 +2,13 @@
 //! weights from the Hugging Face Hub, verified and converted into the project's format
 //! (`cargo xtask download-weights` runs this).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use yolo_weights::download::{install, DownloadOptions, Installed, Outcome};
-use yolo_weights::manifest::{lookup, registry, WeightSpec, DEFAULT_MODEL, WEIGHTS_DIR};
+use yolo_weights::manifest::{lookup, registry, WeightSpec, DEFAULT_MODEL};
 
 /// Download weights from the Hugging Face Hub (honours HF_HOME and HF_ENDPOINT), verify
 /// them and convert them into DIR/MODEL.safetensors + MODEL.json.
@@ -29,10 +29,10 @@ pub struct DownloadArgs {
     /// List the known models and exit.
     #[arg(long)]
     pub list: bool,
-    /// Installation directory (`yolo-cli run` looks in model_data/weights of the current
-    /// directory).
-    #[arg(long, alias = "out-dir", value_name = "DIR", default_value = WEIGHTS_DIR)]
-    pub dir: PathBuf,
+    /// Installation directory (default: the weights directory, where `yolo-cli run` looks:
+    /// --weights-dir, YOLO_RS_WEIGHTS_DIR, or yolo-rs/weights in the user's data directory).
+    #[arg(long, alias = "out-dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// The registry, one model per two lines: name, source and licence, then what it is.
@@ -97,16 +97,25 @@ fn installed_line(spec: &WeightSpec, done: &Installed) -> String {
     )
 }
 
+/// The installation directory: `--dir`, else the weights directory (`weights_dir`, from
+/// `--weights-dir` or `YOLO_RS_WEIGHTS_DIR`, else the user's).
+fn install_dir(args: &DownloadArgs, weights_dir: Option<&Path>) -> Result<PathBuf> {
+    match &args.dir {
+        Some(dir) => Ok(dir.clone()),
+        None => crate::weights_dir::resolve(weights_dir),
+    }
+}
+
 /// Runs `yolo-cli download`: installs each model in turn, reporting a failure and going
 /// on with the next; fails at the end if any did.
-pub fn run(args: DownloadArgs) -> Result<ExitCode> {
+pub fn run(args: DownloadArgs, weights_dir: Option<&Path>) -> Result<ExitCode> {
     if args.list {
         crate::stdout::print(&list_text())?;
         return Ok(ExitCode::SUCCESS);
     }
     let specs = selected(&args)?;
     let opts = DownloadOptions {
-        out_dir: args.dir.clone(),
+        out_dir: install_dir(&args, weights_dir)?,
         endpoint: None,
         cache_dir: None,
         force: args.force,
@@ -165,8 +174,19 @@ mod tests {
 
     #[test]
     fn default_dir_is_the_one_run_reads_and_out_dir_still_works() {
-        assert_eq!(parse(&[]).dir, PathBuf::from(WEIGHTS_DIR));
-        assert_eq!(parse(&["--out-dir", "w"]).dir, PathBuf::from("w"));
+        let weights_dir = Path::new("/srv/weights");
+        assert_eq!(
+            install_dir(&parse(&[]), Some(weights_dir)).unwrap(),
+            crate::weights_dir::resolve(Some(weights_dir)).unwrap()
+        );
+        if let Some(user) = crate::weights_dir::user_weights_dir() {
+            assert_eq!(install_dir(&parse(&[]), None).unwrap(), user);
+        }
+        let out_dir = parse(&["--out-dir", "w"]);
+        assert_eq!(
+            install_dir(&out_dir, Some(weights_dir)).unwrap(),
+            PathBuf::from("w")
+        );
         assert!(list_text().contains(DEFAULT_MODEL));
     }
 }

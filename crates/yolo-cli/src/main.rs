@@ -14,6 +14,9 @@ mod stdout;
 mod summary;
 mod train;
 mod voc_annotation;
+mod weights_dir;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +48,11 @@ struct Cli {
         hide_default_value = true
     )]
     reuse_buffers: bool,
+    /// Where downloaded weights are kept and `run` looks for its default weights
+    /// (default: yolo-rs/weights in the user's data directory, e.g.
+    /// ~/.local/share/yolo-rs/weights).
+    #[arg(long, global = true, env = "YOLO_RS_WEIGHTS_DIR", value_name = "DIR")]
+    weights_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,7 +72,7 @@ enum Command {
     Anchors(anchors::AnchorsArgs),
     /// A VOCdevkit folder to annotation files (the reference's voc_annotation.py).
     VocAnnotation(voc_annotation::VocAnnotationArgs),
-    /// Download, verify and convert weights into model_data/weights/.
+    /// Download, verify and convert weights into the weights directory.
     Download(download::DownloadArgs),
 }
 
@@ -78,14 +86,14 @@ fn main() -> std::process::ExitCode {
     // activation buffers are recycled by malloc instead of mapped afresh each layer
     process::reuse_freed_buffers(cli.reuse_buffers);
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(args, cli.weights_dir.as_deref()),
         Command::Summary(args) => summary::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Anchors(args) => anchors::run(args),
         Command::VocAnnotation(args) => voc_annotation::run(args),
-        Command::Download(args) => download::run(args),
+        Command::Download(args) => download::run(args, cli.weights_dir.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -16,8 +16,8 @@ pub fn default_weights_name(backbone: BackboneKind) -> &'static str {
     }
 }
 
-/// Where `yolo-cli download` puts the default weights of `backbone`
-/// (relative to the current directory).
+/// Where `cargo xtask download-weights` puts the default weights of `backbone` in a
+/// checkout (relative to the current directory); `yolo-cli run` tries it first.
 pub fn default_weights_path(backbone: BackboneKind) -> PathBuf {
     PathBuf::from(format!(
         "model_data/weights/{}.safetensors",
@@ -25,24 +25,40 @@ pub fn default_weights_path(backbone: BackboneKind) -> PathBuf {
     ))
 }
 
-/// The weights file to use: `--weights`, or the default one.
+/// The weights file to use: `--weights`, or the default one of `backbone`.
 ///
-/// A missing default that has a download source (`darknet53-coco`) is fetched first
-/// through the same code as `yolo-cli download` (unless `HF_HUB_OFFLINE=1`);
-/// if that fails, the error says which command to run.
-pub fn resolve_weights(arg: Option<&Path>, backbone: BackboneKind) -> anyhow::Result<PathBuf> {
+/// The default is `NAME.safetensors` in `weights_dir` (`--weights-dir` or
+/// `YOLO_RS_WEIGHTS_DIR`) when one is given; otherwise `model_data/weights/` of the
+/// current directory (a checkout) when the file is there, else the user's weights
+/// directory ([`crate::weights_dir`]). A missing default that has a download source
+/// (`darknet53-coco`) is fetched into that directory first, through the same code as
+/// `yolo-cli download` (unless `HF_HUB_OFFLINE=1`); if that fails, the error says which
+/// command to run.
+pub fn resolve_weights(
+    arg: Option<&Path>,
+    backbone: BackboneKind,
+    weights_dir: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     if let Some(p) = arg {
         check_weights_file(p)?;
         return Ok(p.to_path_buf());
     }
-    let path = default_weights_path(backbone);
+    let name = default_weights_name(backbone);
+    if weights_dir.is_none() {
+        let local = default_weights_path(backbone);
+        if local.is_file() {
+            return Ok(local);
+        }
+    }
+    let dir = crate::weights_dir::resolve(weights_dir)?;
+    let path = yolo_weights::manifest::weights_path(&dir, name);
     if path.is_file() {
         return Ok(path);
     }
-    let name = default_weights_name(backbone);
     let hint = format!(
-        "no weights at {}: run `cargo xtask download-weights {name}` or pass --weights FILE",
-        path.display()
+        "no weights at {}: run `{}` or pass --weights FILE",
+        path.display(),
+        crate::weights_dir::download_command(name, &dir)
     );
     let Ok(spec) = yolo_weights::lookup(name) else {
         // No public weights exist for the MobileNetV2 detector: it has to be trained.
@@ -53,7 +69,7 @@ pub fn resolve_weights(arg: Option<&Path>, backbone: BackboneKind) -> anyhow::Re
     };
     let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
     let opts = yolo_weights::download::DownloadOptions {
-        out_dir: PathBuf::from(yolo_weights::WEIGHTS_DIR),
+        out_dir: dir,
         offline,
         progress: true,
         ..Default::default()
@@ -243,11 +259,12 @@ mod tests {
         let e = resolve_weights(
             Some(Path::new("/nonexistent/w.safetensors")),
             BackboneKind::Darknet53,
+            None,
         )
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/w.safetensors"), "{e}");
         let dir = std::env::temp_dir();
-        let e = resolve_weights(Some(&dir), BackboneKind::Darknet53).unwrap_err();
+        let e = resolve_weights(Some(&dir), BackboneKind::Darknet53, None).unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");
         assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
     }

@@ -1,12 +1,12 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ## Contents
+//!
 //! How yolo-rs writes files: every file a user sees (weights, checkpoints, anchors,
 //! converted files, drawn images, label files) goes through [`write_atomic`] or
-//! [`write_atomic_path`], and checkpoint directories through [`replace_dir`].
-//!
-//! A write fills a temporary file in the target's own directory, flushes it to disk
-//! (`fsync`), renames it over the target and then flushes the directory, so that after a
-//! crash or a power loss the target is either its old self or the complete new file,
-//! never empty or half written. New files get the usual permissions from the umask
-//! (`0o666` masked), and a replaced file keeps its own.
+//! [`write_atomic_path`] (or [`write_bytes_atomic`]), and checkpoint directories
+//! through [`replace_dir`]. New files get the usual permissions from the umask (`0o666`
+//! masked).
 
 use std::fs::{File, Permissions};
 use std::io::{BufWriter, Write};

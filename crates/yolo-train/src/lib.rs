@@ -1,7 +1,6 @@
-//! Training and evaluation for yolo-rs: the reference's `YOLOLoss`, data loading and
-//! augmentation, optimisers, learning-rate schedule, checkpoints, the training loop,
-//! VOC/COCO mAP, a confusion matrix, plots and CSV tables of training and evaluation,
-//! anchor k-means, VOC annotation and a synthetic detection data set.
+#![doc = include_str!("../README.md")]
+//!
+//! ## Reference
 //!
 //! Follows bubbliiiing/yolo3-pytorch (`nets/yolo_training.py`, `utils/dataloader.py`,
 //! `train.py`, `utils/utils_fit.py`, `get_map.py`, `kmeans_for_anchors.py`,

@@ -1,16 +1,17 @@
-//! Weights for yolo-rs: download, import, conversion and loading.
+#![doc = include_str!("../README.md")]
 //!
-//! The project's canonical weight file is a safetensors file with the reference
-//! PyTorch names (bubbliiiing's `YoloBody`, torchvision's `MobileNetV2`), f32, and
-//! metadata saying what it holds, including the BatchNorm epsilon the weights were
-//! trained with ([`load`]). Everything else is converted into it:
+//! ## Modules
+//!
+//! The canonical file (reference PyTorch names: bubbliiiing's `YoloBody`, torchvision's
+//! `MobileNetV2`) is read and written by [`load`]. Everything else is converted into it:
 //!
 //! - [`darknet`]: darknet `.weights` (YOLOv3-Darknet53) in cfg order, read and written;
 //! - [`pth`]: PyTorch zip `.pth` state dicts (bare, or under `model`/`state_dict`);
 //! - [`maps`]: candle-yolo-v3 and timm names onto the reference names;
 //! - [`convert`]: format and naming detection, and a check against the model that
 //!   names every missing, left-over or misshapen tensor;
-//! - [`download`] and [`manifest`]: `cargo xtask download-weights` through hf-hub.
+//! - [`download`] and [`manifest`]: the registry of downloadable weights and their
+//!   installation through hf-hub (what `yolo-cli download` runs).
 //!
 //! ```no_run
 //! use candle_core::{DType, Device};

@@ -1,4 +1,5 @@
-//! Anchor boxes: the reference's `model_data/yolo_anchors.txt`.
+//! Anchor boxes: the reference's `model_data/yolo_anchors.txt` (a copy is this crate's
+//! `data/yolo_anchors.txt`).
 
 use std::path::Path;
 
@@ -122,7 +123,7 @@ mod tests {
 
     #[test]
     fn parses_the_reference_file() {
-        let text = include_str!("../../../model_data/yolo_anchors.txt");
+        let text = include_str!("../data/yolo_anchors.txt");
         assert_eq!(
             Anchors::parse(text, "yolo_anchors.txt").unwrap(),
             Anchors::yolov3()

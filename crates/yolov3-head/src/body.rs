@@ -215,7 +215,7 @@ impl YoloBody {
     }
 
     /// [`YoloBody::forward`] with `train` passed to the BatchNorms: with
-    /// [`BnMode::Train`] they use batch statistics and update their running averages.
+    /// [`BnMode::Train`](nn_blocks::BnMode::Train) they use batch statistics and update their running averages.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
         Self::check_input(x.dims())?;
         // x2: (B, C3, H/8, W/8), x1: (B, C4, H/16, W/16), x0: (B, C5, H/32, W/32)

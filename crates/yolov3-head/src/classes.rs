@@ -1,11 +1,12 @@
-//! Class names: the reference's `model_data/*_classes.txt`.
+//! Class names: the reference's `model_data/*_classes.txt`, built in from this crate's
+//! `data/` (the workspace's `model_data/` holds identical copies, checked by a test).
 
 use std::path::Path;
 
 use crate::{Error, Result};
 
-const COCO: &str = include_str!("../../../model_data/coco_classes.txt");
-const VOC: &str = include_str!("../../../model_data/voc_classes.txt");
+const COCO: &str = include_str!("../data/coco_classes.txt");
+const VOC: &str = include_str!("../data/voc_classes.txt");
 
 /// Class names, one per class id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +24,14 @@ impl ClassNames {
         Ok(Self(names))
     }
 
-    /// The 80 COCO classes (embedded copy of `model_data/coco_classes.txt`).
+    /// The 80 COCO classes (built in: `data/coco_classes.txt`, the reference's
+    /// `model_data/coco_classes.txt`).
     pub fn coco() -> Self {
         Self::parse(COCO, "coco_classes.txt").expect("embedded COCO class list parses")
     }
 
-    /// The 20 Pascal VOC classes (embedded copy of `model_data/voc_classes.txt`).
+    /// The 20 Pascal VOC classes (built in: `data/voc_classes.txt`, the reference's
+    /// `model_data/voc_classes.txt`).
     pub fn voc() -> Self {
         Self::parse(VOC, "voc_classes.txt").expect("embedded VOC class list parses")
     }

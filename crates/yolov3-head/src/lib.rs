@@ -1,5 +1,6 @@
-//! YOLOv3 on candle: the body (FPN head over a [`Backbone`](nn_blocks::Backbone)) and
-//! its configuration.
+#![doc = include_str!("../README.md")]
+//!
+//! ## Tensor names
 //!
 //! Mirrors the seed's `YoloBody(anchors_mask, num_classes, backbone)` and
 //! `make_last_layers` (bubbliiiing/yolo3-pytorch `nets/yolo.py`), with the same

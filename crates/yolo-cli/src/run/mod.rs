@@ -35,7 +35,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "darknet53")]
     backbone: BackboneKind,
     /// Weights (.safetensors, or a PyTorch .pth state_dict); default:
-    /// model_data/weights/{darknet53-coco,mobilenetv2-voc}.safetensors.
+    /// {darknet53-coco,mobilenetv2-voc}.safetensors in the weights directory
+    /// (--weights-dir), or in model_data/weights/ of the current directory when there.
     #[arg(long, value_name = "FILE")]
     weights: Option<PathBuf>,
     /// Class names, one per line; default: COCO for darknet53, VOC for mobilenetv2.
@@ -97,8 +98,9 @@ impl RunArgs {
     }
 }
 
-/// Runs detection.
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// Runs detection; the default weights are looked for in `weights_dir` (`--weights-dir`)
+/// as [`model::resolve_weights`] says.
+pub fn run(args: RunArgs, weights_dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     // Everything that can be refused is refused before any model or image is loaded.
     let writes = args.writes();
     if writes {
@@ -107,7 +109,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (class_names, classes_from) =
         model::resolve_classes(args.classes.as_deref(), args.backbone)?;
     let anchors = model::resolve_anchors(args.anchors.as_deref())?;
-    let weights = model::resolve_weights(args.weights.as_deref(), args.backbone)?;
+    let weights = model::resolve_weights(args.weights.as_deref(), args.backbone, weights_dir)?;
     let mut failures = 0usize;
     let files = inputs::collect_inputs(&args.inputs, args.recursive, &mut failures);
     inputs::require_images(&files, &args.inputs)?;
