@@ -3,7 +3,9 @@
 
 1. the modules of any crate under crates/ (or xtask/) import each other in a circle;
 2. the kernel crate, nn-kernels, depends (outside its dev-dependencies) on a crate of ours;
-3. a crate other than nn-kernels allows `unsafe` code (the workspace forbids it).
+3. a crate other than nn-kernels allows `unsafe` code (the workspace denies it), except
+   the one audited block per binary that tunes the process's own allocator (`mallopt`):
+   the binaries decide process settings, so that call cannot live in a library.
 
 About 1:
 A node is a module (a file under src/, `foo.rs` or `foo/mod.rs`); an edge A -> B is a
@@ -163,6 +165,13 @@ def check_kernel_crate(root: Path) -> int:
     return len(found)
 
 
+# Binary files allowed one `#[allow(unsafe_code)]` block: their mallopt call.
+PROCESS_TUNING = {
+    "crates/yolo-cli/src/process.rs",
+    "crates/yolov3-head/examples/bench_speed.rs",
+}
+
+
 def check_unsafe(root: Path) -> int:
     bad = 0
     for manifest in sorted(root.glob("crates/*/Cargo.toml")) + [root / "xtask/Cargo.toml"]:
@@ -171,7 +180,13 @@ def check_unsafe(root: Path) -> int:
             continue
         allows = re.search(r'unsafe_code\s*=\s*"(allow|warn)"', manifest.read_text())
         files = [f for f in crate.rglob("*.rs") if "target" not in f.parts]
-        hits = [f for f in files if re.search(r"allow\(unsafe_code\)", f.read_text())]
+        hits = [
+            f
+            for f in files
+            if re.search(r"allow\(unsafe_code\)", f.read_text())
+            and not (f.relative_to(root).as_posix() in PROCESS_TUNING
+                     and f.read_text().count("allow(unsafe_code)") == 1)
+        ]
         if allows or hits:
             bad += 1
             print(f"{crate.name}: allows unsafe code ({manifest if allows else hits[0]})")

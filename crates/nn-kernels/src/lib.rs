@@ -12,8 +12,6 @@
 //! - [`KernelPolicy`]: which fast paths run, chosen by the caller for each call (a
 //!   model holds one from its configuration). Nothing here reads the environment.
 //! - [`pool_threads`]: the kernels run on candle's own CPU worker pool.
-//! - [`malloc::retain_freed_memory`]: an allocator setting for binaries to choose (no
-//!   library calls it).
 //!
 //! This is the one crate of the workspace with `unsafe` code (raw GEMM entry points,
 //! SIMD intrinsics, workers writing disjoint parts of one buffer); each block says why
@@ -28,7 +26,6 @@ mod elementwise;
 mod epilogue;
 mod gemm;
 mod im2col;
-pub mod malloc;
 mod policy;
 mod pool;
 mod storage;

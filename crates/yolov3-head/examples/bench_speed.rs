@@ -72,6 +72,29 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// glibc's malloc keeps freed buffers for reuse, as `yolo-cli` sets it (see its
+/// `process.rs`); false where it does not apply.
+fn reuse_freed_buffers() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const ONE_GIB: libc::c_int = 1 << 30;
+        // SAFETY: mallopt only changes malloc's tuning parameters; both are documented
+        // options and the values are in range (it returns 0 on a refused value). It touches
+        // no memory of ours. This binary's one unsafe block: the process tuning its own
+        // allocator, which no library of the workspace may do.
+        #[allow(unsafe_code)]
+        let ok = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, ONE_GIB) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, ONE_GIB) == 1
+        };
+        ok
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// The on/off switch in environment variable `var`, if set.
 fn switch(var: &str) -> Result<Option<bool>, Box<dyn std::error::Error>> {
     match std::env::var(var) {
@@ -106,7 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     if switch("NN_BLOCKS_REUSE_BUFFERS")?.unwrap_or(true) {
-        nn_kernels::malloc::retain_freed_memory();
+        reuse_freed_buffers();
     }
     let kernels = kernel_policy()?;
     let kind = match args.backbone.as_str() {
