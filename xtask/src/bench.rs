@@ -89,12 +89,12 @@ fn model(name: &str) -> Result<Model> {
     }
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
 /// Runs `cmd` with its stdout sent to our stderr (stdout carries only the table).
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {cmd:?}");
     let status = cmd
         .stdout(std::io::stderr())
@@ -107,7 +107,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Runs `cmd` and parses the last stdout line that is a JSON object.
-fn run_json(cmd: &mut Command) -> Result<Value> {
+pub(crate) fn run_json(cmd: &mut Command) -> Result<Value> {
     eprintln!("$ {cmd:?}");
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
@@ -129,7 +129,7 @@ fn run_json(cmd: &mut Command) -> Result<Value> {
 }
 
 /// Creates or reuses `.venv-golden/` and installs torch and the ORT peers into it.
-fn python_env(root: &Path, python: &str) -> Result<PathBuf> {
+pub(crate) fn python_env(root: &Path, python: &str) -> Result<PathBuf> {
     let venv = root.join(".venv-golden");
     let py = venv.join("bin").join("python");
     if !py.exists() {
@@ -196,7 +196,7 @@ fn pooled(rounds: &[Value], batch: usize) -> Result<Option<Value>> {
 }
 
 /// The median of sorted values (the mean of the middle two for an even count).
-fn median(sorted: &[f64]) -> f64 {
+pub(crate) fn median(sorted: &[f64]) -> f64 {
     let n = sorted.len();
     if n % 2 == 1 {
         sorted[n / 2]
@@ -223,7 +223,7 @@ fn cell(v: Option<f64>, prec: usize) -> String {
 }
 
 /// The machine in a few words: CPU model, cores, load averages.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -243,7 +243,7 @@ fn machine() -> String {
 }
 
 /// Parses `mean per image: load X ms, preprocess Y ms, inference Z ms, postprocess W ms`.
-fn cli_split(stderr: &str) -> Option<[f64; 4]> {
+pub(crate) fn cli_split(stderr: &str) -> Option<[f64; 4]> {
     let line = stderr
         .lines()
         .rev()

@@ -4,6 +4,8 @@
 //! - `download-weights`: download, verify and convert weights into `model_data/weights/`
 //!   (runs `yolo-cli download` from the release build).
 //! - `bench`: CPU speed against PyTorch eager and ONNX Runtime (installs them in a venv).
+//! - `loadtest`: `yolo-cli serve` under load with wrk, against a FastAPI + ONNX Runtime
+//!   server, and schemathesis on its OpenAPI document.
 //! - `check-cuda`: `cargo check --workspace --features cuda` with nvcc from PyPI.
 //! - `bump-version`: one new version for every crate (root `Cargo.toml`).
 
@@ -12,6 +14,7 @@ mod bump;
 mod check_cuda;
 mod download;
 mod golden;
+mod loadtest;
 
 use std::path::PathBuf;
 
@@ -32,6 +35,8 @@ enum Task {
     DownloadWeights(download::DownloadArgs),
     /// CPU speed of yolo-rs against PyTorch eager and ONNX Runtime (tools/bench).
     Bench(bench::BenchArgs),
+    /// `yolo-cli serve` under load (wrk) against a Python server, and its API fuzzed.
+    Loadtest(loadtest::LoadtestArgs),
     /// `cargo check --workspace --features cuda` with nvcc installed from PyPI.
     CheckCuda(check_cuda::CheckCudaArgs),
     /// Set the version of every crate (workspace version and path dependencies).
@@ -53,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Task::Golden(args) => golden::golden(&root, args),
         Task::DownloadWeights(args) => download::run(&root, args),
         Task::Bench(args) => bench::bench(&root, args),
+        Task::Loadtest(args) => loadtest::loadtest(&root, args),
         Task::CheckCuda(args) => check_cuda::check_cuda(&root, args),
         Task::BumpVersion(args) => bump::bump(&root, args),
     }

@@ -7,9 +7,11 @@ mod download;
 mod draw;
 mod eval;
 mod model;
+mod model_args;
 mod output;
 mod process;
 mod run;
+mod serve;
 mod stdout;
 mod summary;
 mod train;
@@ -59,6 +61,8 @@ struct Cli {
 enum Command {
     /// Detect objects in images and directories of images.
     Run(run::RunArgs),
+    /// Serve detection over HTTP: a JSON API, metrics and a web page.
+    Serve(serve::ServeArgs),
     /// Print a per-layer table of output shapes, parameters and multiply-adds.
     Summary(summary::SummaryArgs),
     /// Convert a checkpoint (.pth, darknet .weights, candle-yolo-v3/timm safetensors)
@@ -87,6 +91,7 @@ fn main() -> std::process::ExitCode {
     process::reuse_freed_buffers(cli.reuse_buffers);
     let result = match cli.command {
         Command::Run(args) => run::run(args, cli.weights_dir.as_deref()),
+        Command::Serve(args) => serve::serve(args, cli.weights_dir.as_deref()),
         Command::Summary(args) => summary::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Train(args) => train::run(args),

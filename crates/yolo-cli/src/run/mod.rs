@@ -12,12 +12,11 @@ mod save;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Args;
-use yolov3_head::{BackboneKind, DEFAULT_MAX_PIXELS};
-
-use crate::args::InputSize;
 use crate::draw::Painter;
-use crate::model::{self, DeviceChoice};
+use crate::model;
+use crate::model_args::{self, ModelArgs};
+use clap::Args;
+
 use crate::output::Format;
 use report::Report;
 use save::Saver;
@@ -31,35 +30,8 @@ pub struct RunArgs {
     /// Descend into subdirectories of directory inputs.
     #[arg(long, short = 'r')]
     recursive: bool,
-    /// Feature extractor: darknet53 (COCO) or mobilenetv2 (VOC).
-    #[arg(long, default_value = "darknet53")]
-    backbone: BackboneKind,
-    /// Weights (.safetensors, or a PyTorch .pth state_dict); default:
-    /// {darknet53-coco,mobilenetv2-voc}.safetensors in the weights directory
-    /// (--weights-dir), or in model_data/weights/ of the current directory when there.
-    #[arg(long, value_name = "FILE")]
-    weights: Option<PathBuf>,
-    /// Class names, one per line; default: COCO for darknet53, VOC for mobilenetv2.
-    #[arg(long, value_name = "FILE")]
-    classes: Option<PathBuf>,
-    /// Anchors file (`10,13, 16,30, …`, 9 w,h pairs); default: the YOLOv3 anchors.
-    #[arg(long, value_name = "FILE")]
-    anchors: Option<PathBuf>,
-    /// Network input size: N or WxH, multiples of 32.
-    #[arg(long, default_value = "416")]
-    input_size: InputSize,
-    /// Score threshold (objectness x class score), in [0, 1].
-    #[arg(long, default_value_t = 0.5, value_parser = unit_interval)]
-    conf: f64,
-    /// IoU above which NMS suppresses a same-class box, in [0, 1].
-    #[arg(long, default_value_t = 0.3, value_parser = unit_interval)]
-    nms_iou: f64,
-    /// Stretch images to the input size instead of letterboxing them.
-    #[arg(long)]
-    no_letterbox: bool,
-    /// Device; default: the best one built in (cuda, metal, then cpu).
-    #[arg(long, value_enum)]
-    device: Option<DeviceChoice>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Images per forward pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     batch: u32,
@@ -75,20 +47,6 @@ pub struct RunArgs {
     /// Do not write drawn images.
     #[arg(long)]
     no_draw: bool,
-    /// Refuse images with more pixels than this (decompression-bomb guard).
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "N")]
-    max_pixels: u64,
-    #[command(flatten)]
-    kernels: crate::args::KernelArgs,
-}
-
-fn unit_interval(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not in [0, 1]"))
-    }
 }
 
 impl RunArgs {
@@ -106,35 +64,25 @@ pub fn run(args: RunArgs, weights_dir: Option<&std::path::Path>) -> anyhow::Resu
     if writes {
         inputs::prepare_output(&args.output, args.save_txt)?;
     }
-    let (class_names, classes_from) =
-        model::resolve_classes(args.classes.as_deref(), args.backbone)?;
-    let anchors = model::resolve_anchors(args.anchors.as_deref())?;
-    let weights = model::resolve_weights(args.weights.as_deref(), args.backbone, weights_dir)?;
+    let resolved = args.model.resolve(weights_dir)?;
     let mut failures = 0usize;
     let files = inputs::collect_inputs(&args.inputs, args.recursive, &mut failures);
     inputs::require_images(&files, &args.inputs)?;
 
-    let device = model::select_device(args.device)?;
-    let num_classes = class_names.len();
-    let detector = detect::build_detector(
-        &args,
-        class_names,
-        &classes_from,
-        anchors,
-        &weights,
-        &device,
-    )?;
+    let device = model::select_device(args.model.device)?;
+    let num_classes = resolved.class_names.len();
+    let detector = model_args::build_detector(&args.model, resolved, &device)?;
     let painter = if args.no_draw {
         None
     } else {
         Some(Painter::new(num_classes)?)
     };
-    let size = (args.input_size.width, args.input_size.height);
+    let size = (args.model.input_size.width, args.model.input_size.height);
     let mut saver = Saver::new(&args.output, &files, painter, args.save_txt, size);
     let mut report = Report::new(args.format, files.len(), failures);
 
     for chunk in files.chunks(args.batch as usize) {
-        let batch = detect::load_batch(chunk, args.max_pixels, &mut report);
+        let batch = detect::load_batch(chunk, args.model.max_pixels, &mut report);
         if batch.images.is_empty() {
             continue;
         }
