@@ -548,7 +548,10 @@ fn check_targets(model: &str, runs: &[(String, usize, Value)], run_ms: f64) -> V
     out
 }
 
-/// schemathesis against the server's own OpenAPI document: every check, no 5xx.
+/// schemathesis against the server's own OpenAPI document: every check but
+/// `positive_data_acceptance`, which expects every schema-valid body to be accepted: any
+/// bytes are a valid `format: binary` body, but only decodable images get `200` (the rest
+/// rightly get `400`), and no schema can say "a decodable image".
 fn schemathesis(py: &Path, server: &Served, examples: usize, dir: &Path) -> Result<String> {
     let st = py.with_file_name("schemathesis");
     let report = dir.join("schemathesis.txt");
@@ -556,6 +559,7 @@ fn schemathesis(py: &Path, server: &Served, examples: usize, dir: &Path) -> Resu
     cmd.arg("run")
         .arg(format!("http://{}/openapi.json", server.addr))
         .args(["--checks", "all"])
+        .args(["--exclude-checks", "positive_data_acceptance"])
         .args(["--max-examples", &examples.to_string()])
         .args(["--request-timeout", "60"])
         .arg("--no-color");
@@ -575,7 +579,7 @@ fn schemathesis(py: &Path, server: &Served, examples: usize, dir: &Path) -> Resu
         .trim()
         .to_string();
     Ok(format!(
-        "schemathesis ({examples} examples per operation, all checks): {} — {summary} (report: {})",
+        "schemathesis ({examples} examples per operation, all checks but positive_data_acceptance): {} — {summary} (report: {})",
         if out.status.success() {
             "passed"
         } else {

@@ -157,6 +157,7 @@ pub struct ImageBytes(Vec<u8>);
 #[allow(dead_code)] // a schema only
 pub struct DetectForm {
     /// One or more images, each a part named `image`.
+    #[schema(min_items = 1)]
     image: Vec<ImageBytes>,
 }
 
