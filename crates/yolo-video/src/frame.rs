@@ -80,7 +80,8 @@ pub struct Frame {
     pub timescale: u32,
     /// The picture.
     pub image: RgbImage,
-    /// Time spent decoding this frame and converting it to RGB (on the decoding thread).
+    /// Time spent decoding this frame (and the frames a stride skipped before it) and
+    /// converting it to RGB, on the decoding thread.
     pub decode_time: Duration,
 }
 

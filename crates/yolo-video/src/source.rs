@@ -86,11 +86,12 @@ impl FrameSource {
             .spawn(move || {
                 let stride = options.stride.max(1);
                 let mut sent = 0u64;
+                // a frame's decoding time includes the frames the stride skipped before it
+                let mut start = Instant::now();
                 loop {
                     if options.max_frames.is_some_and(|m| sent >= m) {
                         return;
                     }
-                    let start = Instant::now();
                     let item = match reader.next_yuv() {
                         Ok(None) => return,
                         Ok(Some(yuv)) if !yuv.index.is_multiple_of(stride) => continue,
@@ -110,6 +111,7 @@ impl FrameSource {
                         return;
                     }
                     sent += 1;
+                    start = Instant::now();
                 }
             })
             .map_err(|e| Error::io(&path, e))?;
