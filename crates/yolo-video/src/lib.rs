@@ -24,6 +24,6 @@ mod writer;
 pub use error::{convert_command, Error};
 pub use frame::{Frame, YuvFrame};
 pub use reader::{VideoInfo, VideoReader};
-pub use sniff::{sniff, sniff_file, Container};
+pub use sniff::{sniff, sniff_file, Container, SNIFF_LEN};
 pub use source::{FrameSource, Frames, SourceOptions, DEFAULT_MAX_PIXELS};
 pub use writer::VideoWriter;

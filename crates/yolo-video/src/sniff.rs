@@ -14,11 +14,14 @@ pub enum Container {
     Other(&'static str),
 }
 
+/// How many of a file's first bytes [`sniff`] looks at.
+pub const SNIFF_LEN: usize = 377;
+
 /// Brands of `ftyp` that are still images (HEIF, AVIF), not videos.
 const IMAGE_BRANDS: &[&[u8; 4]] = &[b"heic", b"heix", b"mif1", b"msf1", b"avif", b"heim"];
 
-/// The video container `head` (the file's first bytes; 16 are enough, fewer are
-/// accepted) starts with, or `None` when it does not look like a video.
+/// The video container `head` (the file's first bytes: [`SNIFF_LEN`] are enough, fewer
+/// are accepted) starts with, or `None` when it does not look like a video.
 pub fn sniff(head: &[u8]) -> Option<Container> {
     let at = |i: usize, magic: &[u8]| head.get(i..i + magic.len()) == Some(magic);
     if at(4, b"ftyp") {
@@ -54,16 +57,17 @@ pub fn sniff(head: &[u8]) -> Option<Container> {
     Some(Container::Other(name))
 }
 
-/// Two MPEG-TS packet headers: the sync byte at 0 and 188 bytes on.
+/// Three MPEG-TS packet headers: the sync byte at 0, 188 and 376 (a GIF also starts with
+/// 0x47, `G`; one stray `G` 188 bytes on is not enough).
 fn is_ts(head: &[u8]) -> bool {
-    head.first() == Some(&0x47) && head.get(188) == Some(&0x47)
+    !head.starts_with(b"GIF8") && [0, 188, 376].iter().all(|&i| head.get(i) == Some(&0x47))
 }
 
 /// [`sniff`] of the first bytes of the file at `path`.
 pub fn sniff_file(path: &Path) -> Result<Option<Container>, Error> {
-    let mut head = Vec::with_capacity(192);
+    let mut head = Vec::with_capacity(SNIFF_LEN);
     std::fs::File::open(path)
-        .and_then(|f| f.take(192).read_to_end(&mut head))
+        .and_then(|f| f.take(SNIFF_LEN as u64).read_to_end(&mut head))
         .map_err(|e| Error::io(path, e))?;
     Ok(sniff(&head))
 }
@@ -88,10 +92,15 @@ mod tests {
             Some(Container::Other("AVI"))
         );
         assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), None, "WebP is an image");
-        let mut ts = vec![0u8; 200];
+        let mut ts = vec![0u8; SNIFF_LEN];
         ts[0] = 0x47;
         ts[188] = 0x47;
+        assert_eq!(sniff(&ts), None, "one packet is not a stream");
+        ts[376] = 0x47;
         assert_eq!(sniff(&ts), Some(Container::Other("MPEG transport stream")));
+        let mut gif = ts.clone();
+        gif[..6].copy_from_slice(b"GIF89a");
+        assert_eq!(sniff(&gif), None, "a GIF with G at 188 and 376 is a GIF");
         assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), None);
         assert_eq!(sniff(b"\xff\xd8\xff\xe0"), None);
         assert_eq!(sniff(b""), None);
