@@ -11,11 +11,17 @@ RSS belongs to it):
         --out target/bench/darknet53_80.safetensors
     python tools/bench/bench_py.py ort --onnx target/bench/yolo_mobilenetv2_20_416.onnx \
         --backbone mobilenetv2 --num-classes 20 --size 416 --batch 1 --threads 2
+    python tools/bench/bench_py.py video --onnx target/bench/yolo_darknet53_80_416.onnx \
+        --video target/bench/clip.mp4 --size 416 --threads 2
 
 The models are the reference ones (tools/reference/models.py) with the same
 deterministic weights as the Rust side (tools/reference/detweights.py). `torch` and
 `ort` print one JSON object on stdout (median/min/max ms per batch, ms per image,
-images per second, peak RSS from VmHWM).
+images per second, peak RSS from VmHWM). `video` is the peer of `yolo-cli run clip.mp4`:
+OpenCV's `VideoCapture` decodes the clip frame by frame, each frame is letterboxed to
+the input size (OpenCV bicubic resize, grey padding, RGB, /255) and run through ONNX
+Runtime; it prints frames, ms per frame for decoding, preprocessing and inference, and
+frames per second over the whole loop.
 """
 
 import argparse
@@ -89,9 +95,61 @@ def report(impl, args, times, extra):
     print(json.dumps(out), flush=True)
 
 
+def video(args):
+    import cv2
+    import onnxruntime as ort
+
+    cv2.setNumThreads(args.threads)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(args.onnx, so, providers=["CPUExecutionProvider"])
+    size = args.size
+    decode = pre = infer = 0.0
+    frames = 0
+    start = time.perf_counter()
+    cap = cv2.VideoCapture(args.video)
+    if not cap.isOpened():
+        raise SystemExit(f"OpenCV cannot open {args.video}")
+    while True:
+        t = time.perf_counter()
+        ok, bgr = cap.read()
+        t1 = time.perf_counter()
+        if not ok:
+            break
+        decode += t1 - t
+        h, w = bgr.shape[:2]
+        scale = min(size / w, size / h)
+        nw, nh = int(w * scale), int(h * scale)
+        canvas = np.full((size, size, 3), 128, dtype=np.uint8)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        canvas[top:top + nh, left:left + nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_CUBIC)
+        x = np.ascontiguousarray(canvas[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+        t2 = time.perf_counter()
+        pre += t2 - t1
+        sess.run(None, {"images": x})
+        infer += time.perf_counter() - t2
+        frames += 1
+    wall = time.perf_counter() - start
+    ms = lambda s: round(s * 1e3 / max(frames, 1), 3)
+    print(json.dumps({
+        "impl": "opencv+onnxruntime",
+        "frames": frames,
+        "decode_ms_per_frame": ms(decode),
+        "preprocess_ms_per_frame": ms(pre),
+        "inference_ms_per_frame": ms(infer),
+        "wall_s": round(wall, 3),
+        "fps": round(frames / wall, 3),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "opencv": cv2.__version__,
+        "onnxruntime": ort.__version__,
+    }), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["export", "weights", "torch", "ort"])
+    p.add_argument("mode", choices=["export", "weights", "torch", "ort", "video"])
     p.add_argument("--backbone", default="mobilenetv2")
     p.add_argument("--num-classes", type=int, default=20)
     p.add_argument("--size", type=int, default=416)
@@ -101,12 +159,15 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--onnx", default=None)
     p.add_argument("--out", default=None, help="weights: the .safetensors to write")
+    p.add_argument("--video", default=None, help="video: the clip to read")
     args = p.parse_args()
 
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 3, args.size, args.size), dtype=np.float32)
 
-    if args.mode == "weights":
+    if args.mode == "video":
+        video(args)
+    elif args.mode == "weights":
         from safetensors.torch import save_file
 
         model = build(args.backbone, args.num_classes)

@@ -12,7 +12,11 @@
 //! 4. times `yolo-cli run` end to end on copies of `model_data/dog.jpg` with synthetic
 //!    darknet53 weights written as safetensors, split into load / preprocess /
 //!    inference / postprocess as the CLI reports it;
-//! 5. prints one table with the ratios ours / theirs and writes every raw record to
+//! 5. times `yolo-cli run clip.mp4` on an H.264 clip made by ffmpeg from
+//!    `model_data/dog.jpg` (768x576, a pan, `--cli-images` frames) against the same
+//!    frames as PNG files (the image pipeline), and against OpenCV `VideoCapture` + ONNX
+//!    Runtime on the same clip and weights (`tools/bench/bench_py.py video`);
+//! 6. prints one table with the ratios ours / theirs and writes every raw record to
 //!    `target/bench/results.json`.
 
 use std::path::{Path, PathBuf};
@@ -58,6 +62,9 @@ pub struct BenchArgs {
     /// Skip the end-to-end `yolo-cli run` timing.
     #[arg(long)]
     no_cli: bool,
+    /// Skip the `yolo-cli run clip.mp4` timing.
+    #[arg(long)]
+    no_video: bool,
     /// Images for the `yolo-cli run` timing.
     #[arg(long, default_value_t = 20)]
     cli_images: usize,
@@ -242,7 +249,8 @@ pub(crate) fn machine() -> String {
     format!("{cpu}, {cores} cores, load average {load}")
 }
 
-/// Parses `mean per image: load X ms, preprocess Y ms, inference Z ms, postprocess W ms`.
+/// Parses `mean per image: load X ms, preprocess Y ms, inference Z ms, postprocess W ms`
+/// (`mean per image or frame` with videos).
 pub(crate) fn cli_split(stderr: &str) -> Option<[f64; 4]> {
     let line = stderr
         .lines()
@@ -265,17 +273,7 @@ fn bench_cli(root: &Path, py: &Path, args: &BenchArgs, dir: &Path) -> Result<Str
     run(cargo()
         .args(["build", "--release", "-p", "yolo-cli"])
         .current_dir(root))?;
-    let weights = dir.join("darknet53_80.safetensors");
-    if !weights.exists() {
-        run_json(
-            Command::new(py)
-                .arg(root.join("tools/bench/bench_py.py"))
-                .args(["weights", "--backbone", "darknet53", "--num-classes", "80"])
-                .arg("--out")
-                .arg(&weights)
-                .current_dir(root),
-        )?;
-    }
+    let weights = cli_weights(root, py, dir)?;
     let images = dir.join("images");
     std::fs::create_dir_all(&images)?;
     for i in 0..args.cli_images {
@@ -328,6 +326,158 @@ fn bench_cli(root: &Path, py: &Path, args: &BenchArgs, dir: &Path) -> Result<Str
         split[3],
         f(&rss, "wall_s").unwrap_or(f64::NAN),
         peak / weights_mib,
+    ))
+}
+
+/// The darknet53 weights (synthetic, safetensors) of the `yolo-cli run` timings.
+fn cli_weights(root: &Path, py: &Path, dir: &Path) -> Result<PathBuf> {
+    let weights = dir.join("darknet53_80.safetensors");
+    if !weights.exists() {
+        run_json(
+            Command::new(py)
+                .arg(root.join("tools/bench/bench_py.py"))
+                .args(["weights", "--backbone", "darknet53", "--num-classes", "80"])
+                .arg("--out")
+                .arg(&weights)
+                .current_dir(root),
+        )?;
+    }
+    Ok(weights)
+}
+
+/// `yolo-cli run --backbone darknet53 --no-draw --format jsonl` on `inputs` (release
+/// build, `threads` threads): the per-stage means and the process's wall time.
+fn time_cli(
+    root: &Path,
+    weights: &Path,
+    inputs: &Path,
+    size: usize,
+    threads: usize,
+) -> Result<([f64; 4], f64)> {
+    let mut cmd = Command::new(root.join("target/release/yolo-cli"));
+    cmd.args([
+        "run",
+        "--backbone",
+        "darknet53",
+        "--no-draw",
+        "--format",
+        "jsonl",
+    ])
+    .arg("--weights")
+    .arg(weights)
+    .arg(inputs)
+    .args(["--input-size", &size.to_string()])
+    .env("RAYON_NUM_THREADS", threads.to_string())
+    .current_dir(root);
+    eprintln!("$ {cmd:?}");
+    let start = std::time::Instant::now();
+    let out = cmd.output().context("starting yolo-cli run")?;
+    let wall = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("yolo-cli run failed with {}:\n{stderr}", out.status);
+    }
+    let split = cli_split(&stderr)
+        .with_context(|| format!("no per-stage summary in yolo-cli's output:\n{stderr}"))?;
+    Ok((split, wall))
+}
+
+/// Times `yolo-cli run clip.mp4` (darknet53 at `--size`) on an H.264 clip of `--cli-images` frames made by ffmpeg, against the same frames as PNG
+/// files and against OpenCV + ONNX Runtime; returns a printable report.
+fn bench_video(root: &Path, py: &Path, args: &BenchArgs, dir: &Path) -> Result<String> {
+    run(cargo()
+        .args(["build", "--release", "-p", "yolo-cli"])
+        .current_dir(root))?;
+    let weights = cli_weights(root, py, dir)?;
+    let frames = args.cli_images;
+    let clip = dir.join(format!("clip_768x576_{frames}.mp4"));
+    if !clip.exists() {
+        run(Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-loop",
+                "1",
+                "-framerate",
+                "25",
+                "-i",
+            ])
+            .arg(root.join("model_data/dog.jpg"))
+            .args(["-frames:v", &frames.to_string()])
+            .args([
+                "-vf",
+                "scale=800:600,crop=768:576:x='n':y='n',format=yuv420p",
+            ])
+            .args(["-c:v", "libx264", "-profile:v", "high", "-crf", "23"])
+            .arg(&clip))
+        .context("making the clip (needs ffmpeg with libx264)")?;
+    }
+    // the same frames as PNG files, for the image pipeline
+    let pngs = dir.join(format!("clip_frames_{frames}"));
+    if !pngs.exists() {
+        let tmp = dir.join(format!("clip_frames_{frames}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        run(Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-i"])
+            .arg(&clip)
+            .args(["-pix_fmt", "rgb24"])
+            .arg(tmp.join("%04d.png")))?;
+        std::fs::rename(&tmp, &pngs)?;
+    }
+    let (video, video_wall) = time_cli(root, &weights, &clip, args.size, args.threads)?;
+    let (images, images_wall) = time_cli(root, &weights, &pngs, args.size, args.threads)?;
+    let onnx = dir.join(format!("yolo_darknet53_80_{}.onnx", args.size));
+    if !onnx.exists() {
+        run_json(
+            Command::new(py)
+                .arg(root.join("tools/bench/bench_py.py"))
+                .args(["export", "--backbone", "darknet53", "--num-classes", "80"])
+                .args(["--size", &args.size.to_string()])
+                .arg("--onnx")
+                .arg(&onnx)
+                .current_dir(root),
+        )?;
+    }
+    let peer = run_json(
+        Command::new(py)
+            .arg(root.join("tools/bench/bench_py.py"))
+            .arg("video")
+            .arg("--onnx")
+            .arg(&onnx)
+            .arg("--video")
+            .arg(&clip)
+            .args(["--size", &args.size.to_string()])
+            .args(["--threads", &args.threads.to_string()])
+            .env("OMP_NUM_THREADS", args.threads.to_string())
+            .current_dir(root),
+    )?;
+    let per_frame = |s: &[f64; 4]| s.iter().sum::<f64>();
+    Ok(format!(
+        "yolo-cli run clip.mp4, darknet53 at {} (synthetic weights), {frames} frames of 768x576          H.264 High, batch 1, {} threads:
+  video:  decode {:.1} ms/frame (on its own thread) =          {:.1} % of inference {:.1} ms; stages {:.1} ms/frame; process wall {:.2} s = {:.2}          frames/s (model load included)
+  PNGs:   load {:.1} ms/image, inference {:.1} ms;          stages {:.1} ms/image; process wall {:.2} s = {:.2} images/s
+  OpenCV VideoCapture +          ONNX Runtime: decode {} ms/frame, preprocess {} ms, inference {} ms; {} frames/s          (loop only); video fps ours/theirs (wall) {:.2}x",
+        args.size,
+        args.threads,
+        video[0],
+        100.0 * video[0] / video[2],
+        video[2],
+        per_frame(&video),
+        video_wall,
+        frames as f64 / video_wall,
+        images[0],
+        images[2],
+        per_frame(&images),
+        images_wall,
+        frames as f64 / images_wall,
+        cell(f(&peer, "decode_ms_per_frame"), 1),
+        cell(f(&peer, "preprocess_ms_per_frame"), 1),
+        cell(f(&peer, "inference_ms_per_frame"), 1),
+        cell(f(&peer, "fps"), 2),
+        (frames as f64 / video_wall) / f(&peer, "fps").unwrap_or(f64::NAN),
     ))
 }
 
@@ -452,6 +602,20 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             None => Some("yolo-cli run: not measured (needs Python for the weights)".into()),
         }
     };
+    let video = if args.no_video {
+        None
+    } else {
+        match &py {
+            Some(py) => Some(
+                bench_video(root, py, &args, &dir)
+                    .unwrap_or_else(|e| format!("yolo-cli run clip.mp4: not measured ({e:#})")),
+            ),
+            None => Some(
+                "yolo-cli run clip.mp4: not measured (needs Python for the weights and the peer)"
+                    .into(),
+            ),
+        }
+    };
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_string_pretty(&Value::Array(records))?,
@@ -481,6 +645,10 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     if let Some(cli) = cli {
         println!();
         println!("{cli}");
+    }
+    if let Some(video) = video {
+        println!();
+        println!("{video}");
     }
     println!();
     println!("raw records: {}", dir.join("results.json").display());

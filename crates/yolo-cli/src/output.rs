@@ -108,10 +108,6 @@ impl OutputNamer {
 
     /// The stem to use for `input` (unique in this run), and the drawn image's path.
     pub fn next(&mut self, input: &Path) -> (String, PathBuf) {
-        let stem = input
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
         let ext = match input
             .extension()
             .and_then(|e| e.to_str())
@@ -121,6 +117,15 @@ impl OutputNamer {
             Some("jpg" | "jpeg") => "jpg",
             _ => "png",
         };
+        self.next_with_extension(input, ext)
+    }
+
+    /// [`OutputNamer::next`] for an output with extension `ext` (a drawn video's `mp4`).
+    pub fn next_with_extension(&mut self, input: &Path, ext: &str) -> (String, PathBuf) {
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
         for n in 1.. {
             let candidate = if n == 1 {
                 stem.clone()
@@ -211,5 +216,13 @@ mod tests {
             dir.path().join("CAT-3.jpg")
         );
         assert_eq!(n.next(Path::new("x/photo.webp")).0, "photo");
+        // a video in the output directory is not overwritten by its drawn copy either
+        let clip = dir.path().join("clip.mp4");
+        std::fs::write(&clip, b"x").unwrap();
+        let mut n = OutputNamer::new(dir.path(), std::slice::from_ref(&clip));
+        assert_eq!(
+            n.next_with_extension(&clip, "mp4").1,
+            dir.path().join("clip-2.mp4")
+        );
     }
 }

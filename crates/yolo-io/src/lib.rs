@@ -4,7 +4,8 @@
 //!
 //! How yolo-rs writes files: every file a user sees (weights, checkpoints, anchors,
 //! converted files, drawn images, label files) goes through [`write_atomic`] or
-//! [`write_atomic_path`] (or [`write_bytes_atomic`]), and checkpoint directories
+//! [`write_atomic_path`] (or [`write_bytes_atomic`]; [`AtomicFile`] for a file streamed
+//! over a long time, such as a video), and checkpoint directories
 //! through [`replace_dir`]. New files get the usual permissions from the umask (`0o666`
 //! masked).
 
@@ -177,6 +178,61 @@ pub fn write_bytes_atomic(path: &Path, overwrite: Overwrite, bytes: &[u8]) -> Re
     })
 }
 
+/// A file written piece by piece and put in place atomically: for writers that stream
+/// into a file over a long time (a video encoded frame by frame) and need [`Seek`] (an
+/// MP4 muxer patches its box sizes). [`AtomicFile::commit`] renames it to its path as
+/// [`write_atomic`] does; dropping it uncommitted removes the temporary file and leaves
+/// the path untouched.
+///
+/// [`Seek`]: std::io::Seek
+#[derive(Debug)]
+pub struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    mode: Permissions,
+    path: PathBuf,
+    overwrite: Overwrite,
+}
+
+impl AtomicFile {
+    /// A temporary file beside `path`, to become `path` at [`AtomicFile::commit`].
+    pub fn create(path: &Path, overwrite: Overwrite) -> Result<Self, Error> {
+        refuse_existing(path, overwrite)?;
+        let (tmp, mode) = temp_beside(path)?;
+        Ok(Self {
+            tmp,
+            mode,
+            path: path.to_path_buf(),
+            overwrite,
+        })
+    }
+
+    /// The path the file will have once committed.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Syncs the file and renames it to its path (then syncs the directory).
+    pub fn commit(self) -> Result<(), Error> {
+        commit(self.tmp, self.mode, &self.path, self.overwrite)
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tmp.as_file_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tmp.as_file_mut().flush()
+    }
+}
+
+impl std::io::Seek for AtomicFile {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.tmp.as_file_mut().seek(pos)
+    }
+}
+
 /// Writes `path` atomically with a writer that insists on a path of its own (candle's
 /// `VarMap::save`, `image`'s `save_with_format`): `write` gets the path of a temporary
 /// file in the same directory, which it may truncate or recreate.
@@ -242,6 +298,33 @@ mod tests {
         write_bytes_atomic(&p, Overwrite::Allow, b"new").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
         assert!(leftovers(d.path()).is_empty());
+    }
+
+    #[test]
+    fn atomic_file_seeks_commits_and_discards() {
+        use std::io::{Seek, SeekFrom};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("clip.mp4");
+        std::fs::write(&p, "old").unwrap();
+        // dropped before the commit: the old file stays, no temporary file is left
+        let mut f = AtomicFile::create(&p, Overwrite::Allow).unwrap();
+        f.write_all(b"half").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert!(leftovers(d.path()).is_empty());
+        // a size patched in after the body, as a muxer does
+        let mut f = AtomicFile::create(&p, Overwrite::Allow).unwrap();
+        f.write_all(b"____body").unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(b"size").unwrap();
+        assert_eq!(f.path(), p);
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"sizebody");
+        assert!(leftovers(d.path()).is_empty());
+        assert!(matches!(
+            AtomicFile::create(&p, Overwrite::Refuse),
+            Err(Error::Exists { .. })
+        ));
     }
 
     #[test]

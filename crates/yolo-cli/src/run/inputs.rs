@@ -11,11 +11,18 @@ const IMAGE_EXTENSIONS: &[&str] = &[
     "tga", "ico",
 ];
 
-/// Whether `path` has one of [`IMAGE_EXTENSIONS`] (in any case).
+/// Video extensions picked up from directories too (what a file is, image or video, is
+/// then told by its content).
+const VIDEO_EXTENSIONS: &[&str] = &["mp4", "mov", "m4v"];
+
+/// Whether `path` has one of [`IMAGE_EXTENSIONS`] or [`VIDEO_EXTENSIONS`] (in any case).
 fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|x| x.to_str())
-        .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+        .map(str::to_ascii_lowercase)
+        .is_some_and(|x| {
+            IMAGE_EXTENSIONS.contains(&x.as_str()) || VIDEO_EXTENSIONS.contains(&x.as_str())
+        })
 }
 
 /// The image files of one directory input (sorted by name), descending into
@@ -70,7 +77,7 @@ pub(super) fn collect_inputs(
 pub(super) fn require_images(files: &[PathBuf], inputs: &[PathBuf]) -> anyhow::Result<()> {
     if files.is_empty() {
         anyhow::bail!(
-            "no images found in {}",
+            "no images or videos found in {}",
             inputs
                 .iter()
                 .map(|p| p.display().to_string())
@@ -124,6 +131,7 @@ mod tests {
         assert!(has_image_extension(Path::new("a/b.JPG")));
         assert!(has_image_extension(Path::new("b.webp")));
         assert!(!has_image_extension(Path::new("notes.txt")));
+        assert!(has_image_extension(Path::new("clip.MP4")));
         assert!(!has_image_extension(Path::new("png")));
     }
 
@@ -159,6 +167,6 @@ mod tests {
         assert!(require_images(&[], &[PathBuf::from("x")])
             .unwrap_err()
             .to_string()
-            .contains("no images found in x"));
+            .contains("no images or videos found in x"));
     }
 }

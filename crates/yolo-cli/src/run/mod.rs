@@ -1,13 +1,15 @@
-//! `yolo-cli run`: detection on images and directories of images.
+//! `yolo-cli run`: detection on images, videos and directories of them.
 //!
 //! [`inputs`] turns the arguments into image files and checks the output directory,
 //! [`detect`] loads the model and runs batches of images through it, [`save`] writes the
-//! drawn images and label files, and [`report`] prints the results and the summary.
+//! drawn images and label files, [`video`] does the same for videos frame by frame, and
+//! [`report`] prints the results and the summary.
 
 mod detect;
 mod inputs;
 mod report;
 mod save;
+mod video;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,7 +26,7 @@ use save::Saver;
 /// Arguments of `yolo-cli run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Image files or directories.
+    /// Image files, videos (H.264 in MP4/MOV, recognised by content) or directories.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Descend into subdirectories of directory inputs.
@@ -47,6 +49,12 @@ pub struct RunArgs {
     /// Do not write drawn images.
     #[arg(long)]
     no_draw: bool,
+    /// Videos: run on every Nth frame only.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    vid_stride: u64,
+    /// Videos: stop after N frames (counted after --vid-stride).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_frames: Option<u64>,
 }
 
 impl RunArgs {
@@ -68,6 +76,13 @@ pub fn run(args: RunArgs, weights_dir: Option<&std::path::Path>) -> anyhow::Resu
     let mut failures = 0usize;
     let files = inputs::collect_inputs(&args.inputs, args.recursive, &mut failures);
     inputs::require_images(&files, &args.inputs)?;
+    let (files, videos) = video::split_videos(files);
+    if !videos.is_empty() && args.format == Format::Json {
+        anyhow::bail!(
+            "--format json cannot hold videos ({} is one): use --format jsonl, a line per frame",
+            videos[0].display()
+        );
+    }
 
     let device = model::select_device(args.model.device)?;
     let num_classes = resolved.class_names.len();
@@ -78,7 +93,8 @@ pub fn run(args: RunArgs, weights_dir: Option<&std::path::Path>) -> anyhow::Resu
         Some(Painter::new(num_classes)?)
     };
     let size = (args.model.input_size.width, args.model.input_size.height);
-    let mut saver = Saver::new(&args.output, &files, painter, args.save_txt, size);
+    let all_inputs: Vec<PathBuf> = files.iter().chain(&videos).cloned().collect();
+    let mut saver = Saver::new(&args.output, &all_inputs, painter, args.save_txt, size);
     let mut report = Report::new(args.format, files.len(), failures);
 
     for chunk in files.chunks(args.batch as usize) {
@@ -96,6 +112,31 @@ pub fn run(args: RunArgs, weights_dir: Option<&std::path::Path>) -> anyhow::Resu
                 }
             }
             report.done(shown, dets);
+        }
+    }
+    let video_painter = if args.no_draw || videos.is_empty() {
+        None
+    } else {
+        Some(Painter::new(num_classes)?)
+    };
+    let video_run = video::VideoRun {
+        detector: &detector,
+        device: &device,
+        painter: video_painter.as_ref(),
+        input_size: size,
+        batch: args.batch as usize,
+        options: yolo_video::SourceOptions {
+            max_pixels: args.model.max_pixels,
+            stride: args.vid_stride,
+            max_frames: args.max_frames,
+            queue: 2 * args.batch as usize,
+        },
+        save_txt: args.save_txt,
+        format: args.format,
+    };
+    for path in &videos {
+        if let Err(e) = video::process(&video_run, path, &mut saver, &mut report) {
+            report.error(format!("error: skipping {}: {e:#}", path.display()));
         }
     }
     report.finish(writes.then_some(args.output.as_path()))

@@ -32,6 +32,8 @@ pub(super) struct Report {
     /// Time per stage, filled in by the detection loop.
     pub timings: Timings,
     done: usize,
+    videos: usize,
+    frames: u64,
     failures: usize,
     detections: usize,
     json: Vec<(String, Vec<Detection>)>,
@@ -59,6 +61,8 @@ impl Report {
             bar: progress_bar(images),
             timings: Timings::default(),
             done: 0,
+            videos: 0,
+            frames: 0,
             failures,
             detections: 0,
             json: Vec::new(),
@@ -99,6 +103,13 @@ impl Report {
         self.bar.inc(1);
     }
 
+    /// Counts one video as done, with its frames and detections.
+    pub fn done_video(&mut self, frames: u64, detections: usize) {
+        self.videos += 1;
+        self.frames += frames;
+        self.detections += detections;
+    }
+
     /// Ends the run: prints the `--format json` document, then the summary line on
     /// stderr (naming `output` when files were written), and gives the exit status
     /// (failure when any input was skipped).
@@ -115,9 +126,12 @@ impl Report {
         })
     }
 
-    /// `N images (K skipped), D detections; mean per image: … [; results in DIR]`.
+    /// `N images (K skipped), D detections; mean per image: … [; results in DIR]`, with
+    /// `V videos (F frames)` after the images when there were videos (the means are then
+    /// per image or frame, and load includes decoding).
     fn summary(&self, output: Option<&Path>) -> String {
-        let done = self.done;
+        let images = self.done;
+        let done = images + self.frames as usize;
         let ms = |d: Duration| {
             if done == 0 {
                 0.0
@@ -126,9 +140,23 @@ impl Report {
             }
         };
         let t = &self.timings;
+        let (videos, per) = if self.videos == 0 {
+            (String::new(), "image")
+        } else {
+            (
+                format!(
+                    ", {} video{} ({} frame{})",
+                    self.videos,
+                    if self.videos == 1 { "" } else { "s" },
+                    self.frames,
+                    if self.frames == 1 { "" } else { "s" }
+                ),
+                "image or frame",
+            )
+        };
         format!(
-            "{done} image{} ({} skipped), {} detection{}; mean per image: load {:.1} ms, preprocess {:.1} ms, inference {:.1} ms, postprocess {:.1} ms{}",
-            if done == 1 { "" } else { "s" },
+            "{images} image{}{videos} ({} skipped), {} detection{}; mean per {per}: load {:.1} ms, preprocess {:.1} ms, inference {:.1} ms, postprocess {:.1} ms{}",
+            if images == 1 { "" } else { "s" },
             self.failures,
             self.detections,
             if self.detections == 1 { "" } else { "s" },

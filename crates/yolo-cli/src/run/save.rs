@@ -46,6 +46,12 @@ impl Saver {
         }
     }
 
+    /// The drawn video's path and the label file's path for the video `input`.
+    pub fn video_outputs(&mut self, input: &Path) -> (PathBuf, PathBuf) {
+        let (stem, drawn) = self.namer.next_with_extension(input, "mp4");
+        (drawn, self.dir.join("labels").join(format!("{stem}.txt")))
+    }
+
     /// Draws `dets` on `img` and writes it, then the label file: the errors of both (so
     /// that one failing does not stop the other).
     pub fn save(
