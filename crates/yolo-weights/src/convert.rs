@@ -132,7 +132,7 @@ pub fn detect_format(path: &Path) -> Result<SourceFormat> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut head = [0u8; 16];
+    let mut head = [0u8; SNIFF_BYTES];
     let mut n = 0;
     while n < head.len() {
         match f.read(&mut head[n..]).map_err(|e| Error::io(path, e))? {
@@ -140,6 +140,16 @@ pub fn detect_format(path: &Path) -> Result<SourceFormat> {
             k => n += k,
         }
     }
+    detect_format_of(&head[..n], len, path)
+}
+
+/// How many leading bytes [`detect_format_of`] looks at.
+pub const SNIFF_BYTES: usize = 16;
+
+/// [`detect_format`] on the first bytes of a file (`head`, up to [`SNIFF_BYTES`]; more
+/// are ignored), its length `len`, and its `path` (for the extension and messages).
+pub fn detect_format_of(head: &[u8], len: u64, path: &Path) -> Result<SourceFormat> {
+    let n = head.len().min(SNIFF_BYTES);
     let head = &head[..n];
     if head.starts_with(ZIP_MAGIC) {
         return Ok(SourceFormat::Pth);

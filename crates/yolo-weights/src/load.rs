@@ -24,7 +24,9 @@ use yolo_io::Overwrite;
 use yolov3_head::{BackboneKind, YoloConfig};
 
 use crate::safetensors_file::SafetensorsFile;
-pub use crate::safetensors_file::{read_safetensors, SafetensorsContents};
+pub use crate::safetensors_file::{
+    read_safetensors, read_safetensors_from_bytes, SafetensorsContents,
+};
 use crate::{Error, Result};
 
 /// The value of the `format` metadata key.
