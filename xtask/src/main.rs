@@ -6,11 +6,13 @@
 //! - `bench`: CPU speed against PyTorch eager and ONNX Runtime (installs them in a venv).
 //! - `check-cuda`: `cargo check --workspace --features cuda` with nvcc from PyPI.
 //! - `bump-version`: one new version for every crate (root `Cargo.toml`).
+//! - `fuzz`: the cargo-fuzz targets of `fuzz/`, one after the other (nightly, cargo-fuzz).
 
 mod bench;
 mod bump;
 mod check_cuda;
 mod download;
+mod fuzz;
 mod golden;
 
 use std::path::PathBuf;
@@ -36,6 +38,8 @@ enum Task {
     CheckCuda(check_cuda::CheckCudaArgs),
     /// Set the version of every crate (workspace version and path dependencies).
     BumpVersion(bump::BumpArgs),
+    /// Run the fuzz targets (nightly + cargo-fuzz): `--time S` each, or just TARGET.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -55,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::bench(&root, args),
         Task::CheckCuda(args) => check_cuda::check_cuda(&root, args),
         Task::BumpVersion(args) => bump::bump(&root, args),
+        Task::Fuzz(args) => fuzz::fuzz(&root, args),
     }
 }
