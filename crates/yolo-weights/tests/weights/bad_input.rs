@@ -262,3 +262,30 @@ fn sniffing_bytes_agrees_with_sniffing_the_file() {
         Err(Error::NotACheckpoint { .. })
     ));
 }
+
+/// `fuzz/regressions/convert/` (the `convert` target's input: a first byte that picks
+/// the extension, then the file): a head tensor with a zero-sized dimension made the
+/// converter guess a billion classes and allocate the model's zeros (terabytes: an
+/// abort), and any lone head tensor made it allocate a whole model of zeros (250 MB, seconds).
+#[test]
+fn a_lone_or_absurd_head_is_refused_without_building_a_model_of_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let regressions = super::common::fixture("../../fuzz/regressions/convert");
+    let cases = [
+        ("head_only_safetensors", "yolov3-mobilenetv2 (20 classes)"),
+        ("huge_head_safetensors", "more than 1000000 classes"),
+        ("huge_classifier_safetensors", "more than 1000000 classes"),
+    ];
+    for (name, want) in cases {
+        let bytes = std::fs::read(regressions.join(name)).unwrap();
+        assert_eq!(bytes[0], 2, "{name}: picks .safetensors");
+        let p = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(&p, &bytes[1..]).unwrap();
+        let err = convert_file(&p, &ConvertOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::Mismatch { .. } | Error::Unrecognized(_)),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains(want), "{name}: {err}");
+    }
+}
