@@ -145,12 +145,12 @@ pub fn classes(data: &[u8]) {
     }
 }
 
-/// A checkpoint's `state.json` ([`yolo_train::trainer::state_json_history`]) and what a
-/// resumed run does with its history: `results.csv` and the `results.png` plot.
+/// A checkpoint's `state.json` ([`yolo_train::trainer::state_json_history`]) and the
+/// `results.csv` a resumed run writes from its history. (The `results.png` plot is left
+/// out: drawing it takes about a second under the fuzzer's sanitizer, its time limit.)
 pub fn state_json(data: &[u8]) {
     let path = Path::new("state.json");
     if let Ok(history) = yolo_train::trainer::state_json_history(data, path) {
         let _ = yolo_train::tables::results_csv(&history);
-        let _ = yolo_train::plot::plot_results(&history, &scratch_file("results.png", b""));
     }
 }
