@@ -4,7 +4,7 @@
 //! `module.` prefixes (from `DataParallel`) are stripped by the converter.
 //!
 //! The file is untrusted: its `data.pkl` runs on a bounded pickle machine (see
-//! [`crate::pickle`]: no panic, no allocation the bytes do not justify), each tensor's
+//! `pickle.rs`: no panic, no allocation the bytes do not justify), each tensor's
 //! record (storage, offset, shape, strides) is checked, and its storage must hold the
 //! bytes its shape asks for before any is read. (candle's own `.pth` reader panics on
 //! short records and allocates whatever size a record claims.)
