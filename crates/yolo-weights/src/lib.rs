@@ -31,7 +31,6 @@ mod error;
 pub mod load;
 pub mod manifest;
 pub mod maps;
-mod pickle;
 pub mod pth;
 mod safetensors_file;
 
