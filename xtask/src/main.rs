@@ -8,11 +8,13 @@
 //!   server, and schemathesis on its OpenAPI document.
 //! - `check-cuda`: `cargo check --workspace --features cuda` with nvcc from PyPI.
 //! - `bump-version`: one new version for every crate (root `Cargo.toml`).
+//! - `fuzz`: the cargo-fuzz targets of `fuzz/`, one after the other (nightly, cargo-fuzz).
 
 mod bench;
 mod bump;
 mod check_cuda;
 mod download;
+mod fuzz;
 mod golden;
 mod loadtest;
 
@@ -41,6 +43,8 @@ enum Task {
     CheckCuda(check_cuda::CheckCudaArgs),
     /// Set the version of every crate (workspace version and path dependencies).
     BumpVersion(bump::BumpArgs),
+    /// Run the fuzz targets (nightly + cargo-fuzz): `--time S` each, or just TARGET.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -61,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Task::Loadtest(args) => loadtest::loadtest(&root, args),
         Task::CheckCuda(args) => check_cuda::check_cuda(&root, args),
         Task::BumpVersion(args) => bump::bump(&root, args),
+        Task::Fuzz(args) => fuzz::fuzz(&root, args),
     }
 }

@@ -64,13 +64,43 @@ pub fn load_annotations(
 ) -> Result<Annotations> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse_annotations(&text, path, num_classes, policy, |file| {
+        locate_image(file, &base)
+    })
+}
+
+/// The image a line names: `file` as it is (relative to the working directory) unless
+/// missing, then relative to `base`; with its `(width, height)` from its header.
+fn locate_image(file: &str, base: &Path) -> std::result::Result<(PathBuf, (u32, u32)), String> {
+    let mut p = PathBuf::from(file);
+    if !p.is_file() && p.is_relative() && base.join(&p).is_file() {
+        p = base.join(&p);
+    }
+    if !p.is_file() {
+        return Err(format!("image {file} does not exist"));
+    }
+    let size =
+        image::image_dimensions(&p).map_err(|e| format!("image {file} cannot be read: {e}"))?;
+    Ok((p, size))
+}
+
+/// [`load_annotations`] on the text of an annotation file (`path` names it in errors and
+/// origins). `locate` finds the image of a line from its path as written: the image's
+/// path and `(width, height)`, or why it cannot be used (the line is then bad).
+pub fn parse_annotations(
+    text: &str,
+    path: &Path,
+    num_classes: usize,
+    policy: BadLinePolicy,
+    mut locate: impl FnMut(&str) -> std::result::Result<(PathBuf, (u32, u32)), String>,
+) -> Result<Annotations> {
     let mut out = Annotations::default();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(line, &base, num_classes) {
+        match parse_line(line, num_classes, &mut locate) {
             Ok(mut s) => {
                 s.origin = format!("{}:{line_no}", path.display());
                 out.samples.push(s)
@@ -92,18 +122,14 @@ pub fn load_annotations(
     Ok(out)
 }
 
-fn parse_line(line: &str, base: &Path, num_classes: usize) -> std::result::Result<Sample, String> {
+fn parse_line(
+    line: &str,
+    num_classes: usize,
+    locate: &mut impl FnMut(&str) -> std::result::Result<(PathBuf, (u32, u32)), String>,
+) -> std::result::Result<Sample, String> {
     let mut parts = line.split_whitespace();
     let file = parts.next().ok_or("blank line")?;
-    let mut p = PathBuf::from(file);
-    if !p.is_file() && p.is_relative() && base.join(&p).is_file() {
-        p = base.join(&p);
-    }
-    if !p.is_file() {
-        return Err(format!("image {file} does not exist"));
-    }
-    let (iw, ih) =
-        image::image_dimensions(&p).map_err(|e| format!("image {file} cannot be read: {e}"))?;
+    let (p, (iw, ih)) = locate(file)?;
     let mut boxes = Vec::new();
     for (k, b) in parts.enumerate() {
         let v: Vec<&str> = b.split(',').collect();
@@ -167,6 +193,32 @@ pub fn format_line(path: &str, boxes: &[AnnBox]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_parsed_with_the_images_the_caller_locates() {
+        let text = "a.jpg 1,2,10,20,0\n\nb.jpg 0,0,100,5,1\nnone.jpg\n";
+        let mut asked = Vec::new();
+        let got = parse_annotations(text, Path::new("t.txt"), 2, BadLinePolicy::Skip, |f| {
+            asked.push(f.to_string());
+            match f {
+                "none.jpg" => Err(format!("image {f} does not exist")),
+                _ => Ok((PathBuf::from("imgs").join(f), (50, 40))),
+            }
+        })
+        .unwrap();
+        assert_eq!(asked, ["a.jpg", "b.jpg", "none.jpg"]);
+        assert_eq!(got.samples.len(), 1);
+        assert_eq!(got.samples[0].path, Path::new("imgs/a.jpg"));
+        assert_eq!(got.samples[0].image_size, (50, 40));
+        assert_eq!(got.samples[0].origin, "t.txt:1");
+        assert_eq!(
+            got.skipped,
+            [
+                "t.txt:3: box 1 `0,0,100,5,1` lies outside the 50x40 image",
+                "t.txt:4: image none.jpg does not exist"
+            ]
+        );
+    }
 
     #[test]
     fn reports_every_kind_of_bad_line_with_file_and_line() {

@@ -9,13 +9,13 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use nn_blocks::weights::RecordingBackend;
-use nn_blocks::{make_divisible, DEFAULT_BN_EPS};
+use nn_blocks::{make_divisible, BnMode, DEFAULT_BN_EPS};
 use sha2::{Digest, Sha256};
 use yolo_io::Overwrite;
-use yolov3_head::{BackboneKind, YoloBody};
+use yolov3_head::{BackboneKind, YoloBody, YoloConfig};
 
 use crate::darknet::{read_darknet, DARKNET_BN_EPS};
-use crate::load::{canonical_bytes, guess_meta, ModelKind, WeightsMeta};
+use crate::load::{canonical_bytes, guess_meta, ModelKind, WeightsMeta, MAX_CLASSES};
 use crate::maps::{
     candle_yolo_v3_name, looks_like_candle_yolo_v3, looks_like_timm_mobilenetv2, rename_all,
     timm_mobilenetv2_name, yolov3_convs,
@@ -132,7 +132,7 @@ pub fn detect_format(path: &Path) -> Result<SourceFormat> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut head = [0u8; 16];
+    let mut head = [0u8; SNIFF_BYTES];
     let mut n = 0;
     while n < head.len() {
         match f.read(&mut head[n..]).map_err(|e| Error::io(path, e))? {
@@ -140,6 +140,16 @@ pub fn detect_format(path: &Path) -> Result<SourceFormat> {
             k => n += k,
         }
     }
+    detect_format_of(&head[..n], len, path)
+}
+
+/// How many leading bytes [`detect_format_of`] looks at.
+pub const SNIFF_BYTES: usize = 16;
+
+/// [`detect_format`] on the first bytes of a file (`head`, up to [`SNIFF_BYTES`]; more
+/// are ignored), its length `len`, and its `path` (for the extension and messages).
+pub fn detect_format_of(head: &[u8], len: u64, path: &Path) -> Result<SourceFormat> {
+    let n = head.len().min(SNIFF_BYTES);
     let head = &head[..n];
     if head.starts_with(ZIP_MAGIC) {
         return Ok(SourceFormat::Pth);
@@ -362,8 +372,10 @@ fn known_unused(meta: &WeightsMeta, name: &str) -> bool {
 }
 
 /// Answers with the checkpoint's tensor when name and shape fit, zeros of the requested
-/// shape otherwise, so that the model builds whatever is missing; wrapped in nn-blocks'
-/// `RecordingBackend`, one pass then lists every requested name and shape.
+/// shape otherwise (a broadcast zero: nothing allocated), so that the model builds
+/// whatever is missing; wrapped in nn-blocks' `RecordingBackend`, one pass then lists
+/// every requested name and shape. The model is built with [`BnMode::Train`], which
+/// keeps the tensors as they are (folding would compute on them).
 struct ZerosWhereMissing {
     tensors: HashMap<String, Tensor>,
 }
@@ -379,7 +391,9 @@ impl SimpleBackend for ZerosWhereMissing {
     ) -> candle_core::Result<Tensor> {
         match self.tensors.get(name) {
             Some(t) if t.dims() == s.dims() => t.to_dtype(dtype)?.to_device(dev),
-            _ => Tensor::zeros(s, dtype, dev),
+            // One zero seen through the requested shape: the model is built only to list
+            // what it reads, so a missing tensor costs nothing, whatever its size.
+            _ => Tensor::zeros((), dtype, dev)?.broadcast_as(s),
         }
     }
 
@@ -431,13 +445,25 @@ pub fn check_against_model(
             .collect(),
     });
     let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
+    if meta.num_classes > MAX_CLASSES {
+        return Err(Error::Unrecognized(format!(
+            "{}: more than {MAX_CLASSES} classes (a corrupt head?)",
+            target_name(meta)
+        )));
+    }
     match meta.model {
         ModelKind::Yolo => {
-            let cfg = meta.yolo_config().expect("yolo");
+            let cfg = YoloConfig {
+                bn_mode: BnMode::Train,
+                ..meta.yolo_config().expect("yolo")
+            };
             YoloBody::new(&cfg, vb)?;
         }
         ModelKind::Classifier => {
-            let cfg = meta.classifier_config().expect("classifier");
+            let cfg = mobilenet_v2::Config {
+                bn_mode: BnMode::Train,
+                ..meta.classifier_config().expect("classifier")
+            };
             mobilenet_v2::MobileNetV2::new(&cfg, vb)?;
         }
     }

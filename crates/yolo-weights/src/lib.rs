@@ -31,6 +31,7 @@ mod error;
 pub mod load;
 pub mod manifest;
 pub mod maps;
+mod pickle;
 pub mod pth;
 mod safetensors_file;
 

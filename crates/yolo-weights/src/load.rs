@@ -24,11 +24,17 @@ use yolo_io::Overwrite;
 use yolov3_head::{BackboneKind, YoloConfig};
 
 use crate::safetensors_file::SafetensorsFile;
-pub use crate::safetensors_file::{read_safetensors, SafetensorsContents};
+pub use crate::safetensors_file::{
+    read_safetensors, read_safetensors_from_bytes, SafetensorsContents,
+};
 use crate::{Error, Result};
 
 /// The value of the `format` metadata key.
 pub const FORMAT: &str = "yolo-rs/1";
+
+/// The most classes a checkpoint may have (ImageNet-21k has 21,841): more is a corrupt
+/// head or metadata, and the model such a count describes would not fit in memory.
+pub const MAX_CLASSES: usize = 1_000_000;
 
 /// What a canonical file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,9 +119,15 @@ impl WeightsMeta {
                 .ok_or_else(|| bad("backbone", "absent".into()))?,
         };
         let num_classes = match meta.get("num_classes") {
-            Some(n) => n
-                .parse()
-                .map_err(|_| bad("num_classes", format!("`{n}` is not a count")))?,
+            Some(n) => match n.parse() {
+                Ok(c) if c <= MAX_CLASSES => c,
+                _ => {
+                    return Err(bad(
+                        "num_classes",
+                        format!("`{n}` is not a count up to {MAX_CLASSES}"),
+                    ))
+                }
+            },
             None => guessed
                 .as_ref()
                 .map(|g| g.num_classes)

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -39,6 +39,18 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<SafetensorsConte
     Ok((metadata, file.read_tensors(device, Ok)?))
 }
 
+/// As [`read_safetensors`], from the bytes of a file in memory; `path` names them in
+/// errors. The same checks run, in the same order.
+pub fn read_safetensors_from_bytes(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<SafetensorsContents> {
+    let file = SafetensorsFile::from_reader(Cursor::new(bytes), bytes.len() as u64, path)?;
+    let metadata = file.metadata();
+    Ok((metadata, file.read_tensors(device, Ok)?))
+}
+
 /// The header as it is stored: the `__metadata__` map and the tensors by name. (The
 /// `safetensors` crate deserialises the same shape straight into [`Metadata`]; going
 /// through the list here lets an error name the tensor at fault.)
@@ -50,10 +62,11 @@ struct StoredHeader {
     tensors: HashMap<String, TensorInfo>,
 }
 
-/// An open safetensors file whose header has been read and validated against the file.
-pub(crate) struct SafetensorsFile {
+/// An open safetensors file (or its bytes: any `R` that reads and seeks) whose header
+/// has been read and validated against the file.
+pub(crate) struct SafetensorsFile<R = File> {
     path: PathBuf,
-    file: File,
+    file: R,
     header: Metadata,
     /// Offset of the data section in the file.
     data_start: u64,
@@ -63,8 +76,16 @@ impl SafetensorsFile {
     /// Opens `path` and reads and validates its header; nothing of the data section is
     /// read yet.
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Self::from_reader(file, file_len, path)
+    }
+}
+
+impl<R: Read + Seek> SafetensorsFile<R> {
+    /// Reads and validates the header of the `file_len` bytes `file` reads (from its
+    /// start); `path` names them in errors.
+    pub(crate) fn from_reader(mut file: R, file_len: u64, path: &Path) -> Result<Self> {
         let (header, data_start) = read_header(&mut file, file_len).map_err(|e| match e {
             HeaderError::Io(e) => Error::io(path, e),
             HeaderError::Bad(m) => Error::NotACheckpoint {
@@ -159,7 +180,7 @@ enum HeaderError {
 /// its shape says, and the byte ranges covering the data section exactly. Returns the
 /// header and the offset of the data section. Nothing is allocated from what the header
 /// claims before it is checked against the file's length.
-fn read_header(file: &mut File, file_len: u64) -> Result<(Metadata, u64), HeaderError> {
+fn read_header(file: &mut impl Read, file_len: u64) -> Result<(Metadata, u64), HeaderError> {
     let bad = |m: String| HeaderError::Bad(m);
     if file_len < LENGTH_PREFIX_BYTES {
         return Err(bad(format!(
@@ -291,6 +312,29 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         assert_eq!(tensors[1].1.dtype(), DType::U8);
         assert_eq!(tensors[1].1.to_vec1::<u8>().unwrap(), [0, 0]);
+    }
+
+    #[test]
+    fn bytes_in_memory_read_as_the_file_does() {
+        let d = tempfile::tempdir().unwrap();
+        let header = r#"{"__metadata__":{"k":"v"},
+            "b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]},
+            "a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let p = file_with(d.path(), "ok.safetensors", header, 6);
+        let bytes = std::fs::read(&p).unwrap();
+        let (meta, tensors) = read_safetensors_from_bytes(&bytes, &p, &Device::Cpu).unwrap();
+        let (file_meta, file_tensors) = read_safetensors(&p, &Device::Cpu).unwrap();
+        assert_eq!(meta, file_meta);
+        let names = |t: &[(String, Tensor)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&tensors), names(&file_tensors));
+        assert_eq!(tensors[0].1.to_vec1::<f32>().unwrap(), [0.0]);
+        // The same refusals, naming the path given.
+        let e =
+            read_safetensors_from_bytes(&bytes[..bytes.len() - 1], &p, &Device::Cpu).unwrap_err();
+        assert!(
+            e.to_string().contains("ok.safetensors") && e.to_string().contains("b: bytes 4..6"),
+            "{e}"
+        );
     }
 
     #[test]

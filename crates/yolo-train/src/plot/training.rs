@@ -392,6 +392,28 @@ mod tests {
         }
     }
 
+    /// What a `state.json` may hold (the `state_json` fuzz target reads it, but leaves out
+    /// the plot as too slow under the fuzzer): extreme finite values of either sign, the
+    /// f32 fields' overflow to infinity, epochs 0 and `usize::MAX`, out of order.
+    #[test]
+    fn results_png_copes_with_the_extremes_a_state_json_can_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.png");
+        let mut h = synthetic_history(3);
+        h[0].epoch = usize::MAX;
+        h[0].lr = f64::MAX;
+        h[0].loss = f32::MAX;
+        h[0].val_loss = f32::INFINITY;
+        h[0].map50 = Some(-f64::MAX);
+        h[1].epoch = 0;
+        h[1].lr = -f64::MAX;
+        h[1].loss = -f32::MAX;
+        h[1].seconds = f64::MAX;
+        h[2].map50_95 = Some(f64::MAX);
+        plot_results(&h, &path).unwrap();
+        assert!(image::open(&path).is_ok());
+    }
+
     #[test]
     fn results_png_copes_with_one_epoch_and_missing_values() {
         let dir = tempfile::tempdir().unwrap();

@@ -54,8 +54,13 @@ impl State {
 
     /// Reads `state.json`.
     fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Json {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&bytes, path)
+    }
+
+    /// Parses the bytes of a `state.json`; `path` names them in errors.
+    fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Json {
             path: path.to_path_buf(),
             source: e,
         })
@@ -86,6 +91,13 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// The training history in the bytes of a checkpoint's `state.json`, parsed as resuming
+/// parses them (`path` names them in errors): what a resumed run goes on to extend,
+/// write to `log.jsonl` and `results.csv`, and plot.
+pub fn state_json_history(bytes: &[u8], path: &Path) -> Result<Vec<EpochRecord>> {
+    Ok(State::from_json(bytes, path)?.history)
 }
 
 /// Writes the checkpoint directory `dir` (weights, optimiser state, `state.json`,
@@ -264,6 +276,25 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use yolov3_head::YoloConfig;
+
+    #[test]
+    fn state_json_bytes_give_the_history_or_a_json_error() {
+        let state = State {
+            epoch: 2,
+            best_val: Some(1.5),
+            history: crate::trainer::synthetic_history(2),
+            backbone: "mobilenetv2".into(),
+            num_classes: 20,
+            anchors: default_anchor_pairs(),
+        };
+        let bytes = serde_json::to_vec(&state).unwrap();
+        let p = Path::new("run/last/state.json");
+        let history = state_json_history(&bytes, p).unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].epoch, 2);
+        let e = state_json_history(&bytes[..bytes.len() / 2], p).unwrap_err();
+        assert!(matches!(&e, Error::Json { path, .. } if path == p), "{e}");
+    }
 
     #[test]
     fn pretrained_backbone_goes_under_the_wrapper_prefix() {

@@ -20,7 +20,9 @@ mod loader;
 mod model;
 mod run;
 
-pub use checkpoint::{anchors_file_text, backbone_prefix, load_matching, load_pretrained_backbone};
+pub use checkpoint::{
+    anchors_file_text, backbone_prefix, load_matching, load_pretrained_backbone, state_json_history,
+};
 pub use config::TrainConfig;
 pub use evaluate::{detect_samples, evaluate_model};
 #[cfg(test)]

@@ -227,3 +227,65 @@ fn canonical_loader_streams_and_refuses_truncated_files() {
         .to_string();
     assert!(e.contains("tiny.safetensors"), "{e}");
 }
+
+#[test]
+fn sniffing_bytes_agrees_with_sniffing_the_file() {
+    use yolo_weights::convert::{detect_format, detect_format_of};
+    let dir = tempfile::tempdir().unwrap();
+    let mut safetensors = 2u64.to_le_bytes().to_vec();
+    safetensors.extend_from_slice(b"{}");
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("a.pth", b"PK\x03\x04rest".to_vec()),
+        ("b.bin", safetensors),
+        ("c.weights", header(0, 2)),
+        ("d.bin", header(0, 2)),
+        ("e.pth", b"\x80\x02legacy".to_vec()),
+    ];
+    for (name, bytes) in cases {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        let from_file = detect_format(&p).map_err(|e| e.to_string());
+        let from_bytes =
+            detect_format_of(&bytes, bytes.len() as u64, &p).map_err(|e| e.to_string());
+        assert_eq!(from_file, from_bytes, "{name}");
+    }
+    let p = dir.path().join("x.bin");
+    assert_eq!(
+        detect_format_of(b"PK\x03\x04", 4, &p).unwrap(),
+        SourceFormat::Pth
+    );
+    // A header length past the end: not safetensors; too small for darknet.
+    let mut b = 1000u64.to_le_bytes().to_vec();
+    b.push(b'{');
+    assert!(matches!(
+        detect_format_of(&b, 9, &p),
+        Err(Error::NotACheckpoint { .. })
+    ));
+}
+
+/// `fuzz/regressions/convert/` (the `convert` target's input: a first byte that picks
+/// the extension, then the file): a head tensor with a zero-sized dimension made the
+/// converter guess a billion classes and allocate the model's zeros (terabytes: an
+/// abort), and any lone head tensor made it allocate a whole model of zeros (250 MB, seconds).
+#[test]
+fn a_lone_or_absurd_head_is_refused_without_building_a_model_of_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let regressions = super::common::fixture("../../fuzz/regressions/convert");
+    let cases = [
+        ("head_only_safetensors", "yolov3-mobilenetv2 (20 classes)"),
+        ("huge_head_safetensors", "more than 1000000 classes"),
+        ("huge_classifier_safetensors", "more than 1000000 classes"),
+    ];
+    for (name, want) in cases {
+        let bytes = std::fs::read(regressions.join(name)).unwrap();
+        assert_eq!(bytes[0], 2, "{name}: picks .safetensors");
+        let p = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(&p, &bytes[1..]).unwrap();
+        let err = convert_file(&p, &ConvertOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::Mismatch { .. } | Error::Unrecognized(_)),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains(want), "{name}: {err}");
+    }
+}

@@ -84,3 +84,46 @@ fn legacy_pth_is_a_clear_error() {
     let err = read_pth(&fixture("weights/legacy.pth")).unwrap_err();
     assert!(matches!(err, Error::LegacyPth { .. }), "{err}");
 }
+
+/// The checkpoints of `fuzz/regressions/pth/` (made by its `make_pth.py`): records that
+/// made candle's `.pth` reader panic or allocate what they claimed.
+#[test]
+fn malformed_pickles_and_records_are_refused_not_panicked_on() {
+    let dir = fixture("../../fuzz/regressions/pth");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let err = read_pth(&p).unwrap_err();
+        assert!(
+            matches!(err, Error::NotACheckpoint { .. }) && err.to_string().contains(&name),
+            "{name}: {err}"
+        );
+        let msg = err.to_string();
+        let want = match name.as_str() {
+            "short_rebuild_args.pth" => "tensor `w`: fewer than 4 _rebuild_tensor_v2 arguments",
+            "huge_tensor_claim.pth" => "4398046511104 bytes wanted at 0 of an entry of 16 bytes",
+            "huge_string.pth" => "4294967295 bytes wanted",
+            "long1_shift.pth" => "an integer of 255 bytes",
+            "memo_doubling.pth" => "more than 100000 objects",
+            "short_from_type.pth" => "a _rebuild_from_type_v2 without its arguments",
+            other => panic!("no expectation for {other}: {msg}"),
+        };
+        assert!(msg.contains(want), "{name}: {msg}");
+        seen.push(name);
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
+#[test]
+fn row_and_column_major_records_read_as_torch_lays_them_out() {
+    let corpus = fixture("../../fuzz/corpus/pth");
+    let t = read_pth(&corpus.join("handmade_2x2.pth")).unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].0, "w");
+    let v = t[0].1.to_vec2::<f32>().unwrap();
+    assert_eq!(v, [[1.0, 2.0], [3.0, 4.0]]);
+    let t = read_pth(&corpus.join("handmade_2x2_fortran.pth")).unwrap();
+    let v = t[0].1.to_vec2::<f32>().unwrap();
+    assert_eq!(v, [[1.0, 3.0], [2.0, 4.0]]);
+}
