@@ -135,7 +135,7 @@ impl<'a> Machine<'a> {
 
     /// Adds `pairs` (key, value, key, value ...) to the dict on top of the stack.
     fn set_items(&mut self, mut pairs: Vec<Object>, size: u64) -> Result<(), PickleError> {
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             return self.err("an odd number of objects for a dict's keys and values");
         }
         let at = self.pos;
