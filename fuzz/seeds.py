@@ -142,6 +142,28 @@ def main():
     put("state_json", "fresh.json", json.dumps(
         {"epoch": 0, "best_val": None, "history": [], "backbone": "darknet53", "num_classes": 80}))
 
+    # http_body: "Content-Type line\nquery line\nbody", as fuzz_targets::http_body splits it
+    img = png(4, 3)
+    put("http_body", "raw_png.txt", b"image/png\n\n" + img)
+    put("http_body", "no_type.txt", b"\nconf=0.25&nms_iou=0.5\n" + img)
+    form = (b"--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + img + b"\r\n--XX\r\n"
+            b"Content-Disposition: form-data; name=\"image\"\r\n\r\n" + bmp(3, 2) + b"\r\n--XX--\r\n")
+    put("http_body", "multipart_two.txt", b"multipart/form-data; boundary=XX\nconf=0.1\n" + form)
+    put("http_body", "multipart_other_part.txt",
+        b"multipart/form-data; boundary=XX\n\n" + form.replace(b'name="image"; filename', b'name="file"; filename'))
+    put("http_body", "bad_query.txt", b"image/png\nconf=2&x=1\n" + img)
+    put("http_body", "json.txt", b"application/json\n\n{}")
+    put("http_body", "huge_claim.txt", b"image/png\n\n" + png(4, 3).replace(
+        struct.pack(">II", 4, 3), struct.pack(">II", 100000, 100000), 1))
+
+    # mp4: the small video fixtures (H.264 High and Baseline, HEVC, audio only) and a
+    # truncated clip
+    copy("mp4", "tests/fixtures/video/clip_baseline.mp4")
+    copy("mp4", "tests/fixtures/video/clip_high.mp4")
+    copy("mp4", "tests/fixtures/video/clip_hevc.mp4")
+    copy("mp4", "tests/fixtures/video/audio_only.mp4")
+    put("mp4", "truncated_high.mp4", (ROOT / "tests/fixtures/video/clip_high.mp4").read_bytes()[:6000])
 
 if __name__ == "__main__":
     main()

@@ -13,11 +13,23 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue};
 use candle_core::Device;
 use yolo_train::dataset::{parse_annotations, BadLinePolicy};
 use yolo_weights::convert::{convert_file, detect_format_of, ConvertOptions};
 use yolo_weights::load::{read_safetensors_from_bytes, WeightsMeta};
 use yolov3_head::{Anchors, ClassNames};
+
+// The request reading of `yolo-cli serve`, a binary crate: compiled here from its own
+// files, so that the `http_body` target runs exactly the server's code. Not every item
+// is used here (the error's 503 constructor, say).
+#[allow(dead_code)]
+#[path = "../../yolo-cli/src/serve/error.rs"]
+mod error;
+#[allow(dead_code)]
+#[path = "../../yolo-cli/src/serve/request.rs"]
+mod request;
 
 /// A fuzz target: its name (the file `fuzz/fuzz_targets/<name>.rs`) and its body.
 pub type Target = (&'static str, fn(&[u8]));
@@ -34,6 +46,8 @@ pub const TARGETS: &[Target] = &[
     ("anchors", anchors),
     ("classes", classes),
     ("state_json", state_json),
+    ("http_body", http_body),
+    ("mp4", mp4),
 ];
 
 /// The body of the target called `name`.
@@ -152,5 +166,82 @@ pub fn state_json(data: &[u8]) {
     let path = Path::new("state.json");
     if let Ok(history) = yolo_train::trainer::state_json_history(data, path) {
         let _ = yolo_train::tables::results_csv(&history);
+    }
+}
+
+/// What `yolo-cli serve` does with the bytes of a `POST /v1/detect` request: the input
+/// is a `Content-Type` line, a query line and the body (split at the first two
+/// newlines; an empty first line sends no `Content-Type`). The query's thresholds, the
+/// body within its limit, the image parts of a multipart form, then each image decoded
+/// under the pixel limit, as the server does before anything reaches the model.
+pub fn http_body(data: &[u8]) {
+    let mut parts = data.splitn(3, |&b| b == b'\n');
+    let (Some(content_type), Some(query), Some(body)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    if !content_type.is_empty() {
+        // hyper hands the server only header values it could parse
+        let Ok(v) = HeaderValue::from_bytes(content_type) else {
+            return;
+        };
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    // axum's RawQuery is a string: hyper refuses a request line that is not text
+    let Ok(query) = std::str::from_utf8(query) else {
+        return;
+    };
+    let defaults = request::Thresholds {
+        conf: 0.5,
+        nms_iou: 0.3,
+    };
+    let _ = request::thresholds(Some(query), defaults);
+    let body = Body::from(Bytes::copy_from_slice(body));
+    let images = runtime().block_on(async {
+        let body = request::read_body(&headers, body, HTTP_MAX_BODY).await?;
+        request::image_bytes(&headers, body, HTTP_MAX_IMAGES).await
+    });
+    for bytes in images.into_iter().flatten() {
+        let _ = yolov3_head::load_image_from_memory(&bytes, FUZZ_MAX_PIXELS);
+    }
+}
+
+/// The body limit of the `http_body` target (the fuzzer's inputs are at most 64 KiB, so
+/// a smaller limit than the server's default is what reaches the 413 path).
+pub const HTTP_MAX_BODY: usize = 32 * 1024;
+/// The image count limit of the `http_body` target (the server's default).
+pub const HTTP_MAX_IMAGES: usize = 16;
+
+/// A single-threaded runtime for the request futures (which never wait on I/O here).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime")
+    })
+}
+
+/// Frames the `mp4` target decodes at most per input (decoding is the slow part; the
+/// container's boxes and the first frames are where the parsing is).
+pub const MP4_MAX_FRAMES: usize = 4;
+
+/// Video input ([`yolo_video::sniff`], then [`yolo_video::VideoReader`] through a file:
+/// the MP4 boxes, the H.264 track's parameters and sample table, and the first
+/// [`MP4_MAX_FRAMES`] frames decoded and converted to RGB, under the pixel limit).
+pub fn mp4(data: &[u8]) {
+    let _ = yolo_video::sniff(data);
+    let path = scratch_file("fuzz.mp4", data);
+    let Ok(mut reader) = yolo_video::VideoReader::open(&path, FUZZ_MAX_PIXELS) else {
+        return;
+    };
+    for _ in 0..MP4_MAX_FRAMES {
+        match reader.next_yuv() {
+            Ok(Some(frame)) => {
+                let _ = frame.to_rgb();
+            }
+            Ok(None) | Err(_) => break,
+        }
     }
 }

@@ -15,10 +15,10 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use utoipa::{OpenApi, ToSchema};
 use yolov3_head::Detection;
 
-use super::batcher::{Batcher, Detected, Job, Thresholds};
+use super::batcher::{Batcher, Detected, Job};
 use super::error::{ApiError, ErrorBody};
 use super::metrics::{self, BatchSize, Metrics};
-use super::request::{self, DetectQuery};
+use super::request::{self, DetectQuery, Thresholds};
 
 /// What the handlers share.
 pub struct AppState {

@@ -19,15 +19,7 @@ use tokio::sync::oneshot;
 use yolov3_head::{postprocess_heads, Detection, Detector, DetectorConfig};
 
 use super::metrics::Metrics;
-
-/// Per-request detection settings (the query's `conf` and `nms_iou`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Thresholds {
-    /// Keep boxes scoring at least this.
-    pub conf: f32,
-    /// NMS IoU.
-    pub nms_iou: f64,
-}
+use super::request::Thresholds;
 
 /// One image waiting for the model.
 pub struct Job {

@@ -26,8 +26,9 @@ use tokio::sync::Semaphore;
 use crate::model;
 use crate::model_args::{self, ModelArgs};
 use api::{AppState, ModelInfo};
-use batcher::{BatchPolicy, Batcher, Thresholds};
+use batcher::{BatchPolicy, Batcher};
 use metrics::Metrics;
+use request::Thresholds;
 
 /// Arguments of `yolo-cli serve`.
 #[derive(Debug, Args)]

@@ -7,8 +7,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::batcher::Thresholds;
 use super::error::ApiError;
+
+/// Per-request detection settings (the query's `conf` and `nms_iou`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Keep boxes scoring at least this.
+    pub conf: f32,
+    /// NMS IoU.
+    pub nms_iou: f64,
+}
 
 /// The query of `POST /v1/detect`.
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -92,12 +92,17 @@ fn fmt_lr(v: &f64) -> String {
 
 /// The `(epoch, value)` points of `get` over `history`, non-finite and absent values left
 /// out.
+/// Values beyond this magnitude (and NaN, infinities) are left out of the curves: no
+/// loss or learning rate is ever that large, and plotters' pixel arithmetic overflows
+/// on spans near `f64::MAX`.
+const MAX_PLOTTED: f64 = 1e30;
+
 fn points(history: &[EpochRecord], get: impl Fn(&EpochRecord) -> Option<f64>) -> Vec<(f64, f64)> {
     history
         .iter()
         .filter_map(|r| {
             get(r)
-                .filter(|v| v.is_finite())
+                .filter(|v| v.abs() <= MAX_PLOTTED)
                 .map(|v| (r.epoch as f64, v))
         })
         .collect()
@@ -221,7 +226,10 @@ fn draw_panel(area: &Area<'_>, p: &Panel, x: (f64, f64)) -> Drawn {
         .x_label_area_size(42)
         .y_label_area_size(64)
         .build_cartesian_2d(x.0..x.1, ylo..yhi)?;
-    let ticks = ((x.1 - x.0).round() as usize + 1).clamp(2, 10);
+    // `as` saturates (a history can span u32::MAX epochs); the +1 must not overflow.
+    let ticks = ((x.1 - x.0).round() as usize)
+        .saturating_add(1)
+        .clamp(2, 10);
     chart
         .configure_mesh()
         .x_desc("epoch")
@@ -235,6 +243,9 @@ fn draw_panel(area: &Area<'_>, p: &Panel, x: (f64, f64)) -> Drawn {
         .bold_line_style(RGBColor(225, 225, 225))
         .light_line_style(WHITE)
         .draw()?;
+    // A point outside a fixed y range (an mAP of -1e30, say) would be mapped to pixels
+    // past i32 inside plotters: draw it on the panel's edge instead.
+    let inside = |&(x, y): &(f64, f64)| (x, y.clamp(ylo, yhi));
     let mut labelled = false;
     if let Some((a, b)) = p.frozen {
         chart
@@ -250,7 +261,7 @@ fn draw_panel(area: &Area<'_>, p: &Panel, x: (f64, f64)) -> Drawn {
         let color = s.color;
         chart
             .draw_series(LineSeries::new(
-                s.points.iter().copied(),
+                s.points.iter().map(inside),
                 color.stroke_width(2),
             ))?
             .label(s.label)
@@ -258,13 +269,17 @@ fn draw_panel(area: &Area<'_>, p: &Panel, x: (f64, f64)) -> Drawn {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
         if s.points.len() <= 60 {
-            chart.draw_series(s.points.iter().map(|&q| Circle::new(q, 3, color.filled())))?;
+            chart.draw_series(
+                s.points
+                    .iter()
+                    .map(|q| Circle::new(inside(q), 3, color.filled())),
+            )?;
         }
         if let Some(label) = s.smoothed.filter(|_| s.points.len() >= SMOOTH_FROM) {
             let dark = RGBColor(color.0 / 2, color.1 / 2, color.2 / 2);
             chart
                 .draw_series(DashedLineSeries::new(
-                    smooth(&s.points),
+                    smooth(&s.points).iter().map(inside),
                     6,
                     4,
                     dark.stroke_width(2),
