@@ -1,0 +1,303 @@
+//! The tiling and threading shared by the bf16 and int8 dense convolutions.
+//!
+//! The convolution is the GEMM `out (C_out x OH*OW) = W (C_out x K) * X (K x OH*OW)`
+//! per image, `K = C_in * KH * KW`, computed in micro-tiles of [`MR`] output channels by
+//! [`NR`] output positions whose accumulators stay in registers over the whole depth.
+//! Both operands are packed as 32-bit words, each holding one depth *group* of a
+//! column (four u8 codes, or two bf16 values):
+//!
+//! - weights, at load: panels of `MR` channels, `(C_out / MR, K / G, MR)` words
+//!   (channels and depth past the ends padded with zeros);
+//! - activations, at each call: panels of `NR` positions, `(OH*OW / NR, K / G, NR)`
+//!   words, rounded or quantised while they are packed (columns past the end padded).
+//!
+//! Wide images are cut into blocks of panels, each packed by the task that consumes it
+//! (a quarter of a megabyte at most, so it stays in L2 while every channel panel runs
+//! over it); narrow ones (13x13, 26x26, where the weights dominate) are packed whole in
+//! parallel, then the output channels are split over the threads.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
+use crate::epilogue::Epilogue;
+use crate::im2col::Geom;
+use crate::pool::{parallel_for, SharedPtr};
+
+/// Output channels per micro-tile.
+pub(crate) const MR: usize = 8;
+/// Output positions per micro-tile: three 16-lane vectors.
+pub(crate) const NR: usize = 48;
+/// Bytes of packed activations per block (stays in L2 while the channels run over it).
+const BLOCK_BYTES: usize = 192 * 1024;
+/// Floats of `f32` im2col rows per packing step.
+const SCRATCH_FLOATS: usize = 32 * 1024;
+
+thread_local! {
+    /// This thread's packed activation block, reused from call to call.
+    static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// This thread's `f32` im2col rows, reused from call to call.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where a micro-tile's results go: rows `co0..co0 + rows` (output channels) and
+/// `cols` columns starting at `ptr`, rows `stride` floats apart.
+#[derive(Clone, Copy)]
+pub(crate) struct OutTile {
+    pub(crate) ptr: *mut f32,
+    pub(crate) stride: usize,
+    pub(crate) co0: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+}
+
+/// One number format of the dense kernels: how activations are packed, and the
+/// micro-kernel with its epilogue.
+pub(crate) trait Format: Sync {
+    /// Depth values per 32-bit word.
+    const GROUP: usize;
+
+    /// Packs the first [`Format::GROUP`] of `rows` (activations at consecutive depths,
+    /// one length `cols <= NR` each) into `dst` (`NR` words), padding columns `cols..`.
+    fn pack(&self, rows: [&[f32]; 4], dst: &mut [u32]);
+
+    /// `out = epilogue(W x X)` for one micro-tile: `x` is an activation panel
+    /// (`groups * NR` words), `w` a weight panel (`groups * MR` words).
+    ///
+    /// # Safety
+    /// `out.ptr` must be valid for writes of `out.rows` rows of `out.cols` floats,
+    /// `out.stride` apart, that no other thread touches meanwhile; `out.rows <= MR`,
+    /// `out.cols <= NR`, and `x.len() / NR == w.len() / MR`.
+    unsafe fn tile(&self, x: &[u32], w: &[u32], out: OutTile, act: Epilogue);
+}
+
+/// Packs the columns `p0..p0 + ncols` of the im2col matrix of one image `x`
+/// (C_in, H, W) into `dst`: `ncols.div_ceil(NR)` panels of `groups * NR` words.
+fn pack_cols<F: Format>(
+    fmt: &F,
+    g: &Geom,
+    x: &[f32],
+    (p0, ncols): (usize, usize),
+    dst: &mut [u32],
+    scratch: &mut Vec<f32>,
+) {
+    let groups = g.depth().div_ceil(F::GROUP);
+    if g.pointwise() {
+        // The input itself is the im2col matrix: row r is channel r.
+        let n = g.positions();
+        let row = |r: usize, c0: usize, cols: usize| &x[r * n + p0 + c0..][..cols];
+        pack_groups(fmt, g, 0..groups, ncols, dst, row);
+        return;
+    }
+    // Whole multiples of 4 channels at a time, so that no depth group straddles two
+    // steps (4 * KH * KW rows is a multiple of every GROUP).
+    let kk = g.kh * g.kw;
+    let chunk = (SCRATCH_FLOATS / (kk * ncols)) / 4 * 4;
+    let chunk = chunk.max(4);
+    for ch0 in (0..g.cin).step_by(chunk) {
+        let chans = ch0..(ch0 + chunk).min(g.cin);
+        let (k0, nrows) = (ch0 * kk, chans.len() * kk);
+        if scratch.len() < nrows * ncols {
+            scratch.resize(nrows * ncols, 0.0);
+        }
+        let buf = &mut scratch[..nrows * ncols];
+        g.im2col_channels(x, p0, ncols, buf, chans);
+        let buf = &*buf;
+        let range = k0 / F::GROUP..(k0 + nrows).div_ceil(F::GROUP);
+        let row = |r: usize, c0: usize, cols: usize| &buf[(r - k0) * ncols + c0..][..cols];
+        pack_groups(fmt, g, range, ncols, dst, row);
+    }
+}
+
+/// Packs the depth groups `range` of a block of `ncols` columns into `dst` (its panels
+/// of `groups * NR` words), `row(r, c0, cols)` giving the activations of depth `r` at
+/// columns `c0..c0 + cols` of the block.
+fn pack_groups<'a, F: Format>(
+    fmt: &F,
+    g: &Geom,
+    range: std::ops::Range<usize>,
+    ncols: usize,
+    dst: &mut [u32],
+    row: impl Fn(usize, usize, usize) -> &'a [f32],
+) {
+    static ZEROS: [f32; NR] = [0.0; NR];
+    let k = g.depth();
+    let groups = k.div_ceil(F::GROUP);
+    for grp in range {
+        for pi in 0..ncols.div_ceil(NR) {
+            let (c0, cols) = (pi * NR, NR.min(ncols - pi * NR));
+            // Depths past K (and rows past GROUP) read zeros: their weights are zero.
+            let rows: [&[f32]; 4] = std::array::from_fn(|j| {
+                let r = grp * F::GROUP + j;
+                if j < F::GROUP && r < k {
+                    row(r, c0, cols)
+                } else {
+                    &ZEROS[..cols]
+                }
+            });
+            fmt.pack(rows, &mut dst[(pi * groups + grp) * NR..][..NR]);
+        }
+    }
+}
+
+/// Runs the micro-tiles of output channel panels `co_panels` over the packed columns
+/// `xp` (the panels of columns `p0..p0 + ncols` of one image) into `out`, that image's
+/// (C_out, OH*OW) output.
+///
+/// # Safety
+/// `out` must be valid for the image's output and these rows and columns of it
+/// touched by no other thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn compute_block<F: Format>(
+    fmt: &F,
+    g: &Geom,
+    xp: &[u32],
+    wp: &[u32],
+    co_panels: std::ops::Range<usize>,
+    (p0, ncols): (usize, usize),
+    out: *mut f32,
+    act: Epilogue,
+) {
+    let groups = g.depth().div_ceil(F::GROUP);
+    let n = g.positions();
+    for cp in co_panels {
+        let w = &wp[cp * groups * MR..][..groups * MR];
+        let co0 = cp * MR;
+        for pi in 0..ncols.div_ceil(NR) {
+            let x = &xp[pi * groups * NR..][..groups * NR];
+            let c0 = p0 + pi * NR;
+            let tile = OutTile {
+                // SAFETY: (co0, c0) lies inside the image's (C_out, n) output.
+                ptr: unsafe { out.add(co0 * n + c0) },
+                stride: n,
+                co0,
+                rows: MR.min(g.cout - co0),
+                cols: NR.min(p0 + ncols - c0),
+            };
+            // SAFETY: the tile is inside the output and this call's alone (the caller's
+            // contract); x and w hold `groups` depth groups each.
+            unsafe { fmt.tile(x, w, tile, act) };
+        }
+    }
+}
+
+/// Fills `out` (B, C_out, OH, OW) with `act(conv(x, W))` in format `fmt`, `x`
+/// (B, C_in, H, W) contiguous, `wp` the packed weights, on `threads` threads.
+pub(crate) fn run<F: Format>(
+    fmt: &F,
+    g: &Geom,
+    x: &[f32],
+    wp: &[u32],
+    act: Epilogue,
+    out: &mut [MaybeUninit<f32>],
+    threads: usize,
+) {
+    let (n, groups) = (g.positions(), g.depth().div_ceil(F::GROUP));
+    let co_panels = g.cout.div_ceil(MR);
+    assert_eq!(out.len(), g.b * g.cout * n);
+    assert_eq!(x.len(), g.b * g.cin * g.h * g.w);
+    assert_eq!(wp.len(), co_panels * groups * MR);
+    let threads = threads.max(1);
+    let image = g.cin * g.h * g.w;
+    let panels = n.div_ceil(NR);
+    let panel_words = groups * NR;
+    // Panels per block: BLOCK_BYTES of packed activations.
+    let per_block = (BLOCK_BYTES / (4 * panel_words)).clamp(1, panels);
+    let blocks = panels.div_ceil(per_block);
+    let out = SharedPtr(out.as_mut_ptr().cast::<f32>());
+    if threads == 1 || g.b * blocks >= 2 * threads {
+        // Many blocks: each task packs its block and runs every channel panel over it.
+        parallel_for(threads, g.b * blocks, |t| {
+            let (img, blk) = (t / blocks, t % blocks);
+            let p0 = blk * per_block * NR;
+            let ncols = (per_block * NR).min(n - p0);
+            let x = &x[img * image..(img + 1) * image];
+            PACKED.with(|packed| {
+                SCRATCH.with(|scratch| {
+                    let mut packed = packed.borrow_mut();
+                    let len = ncols.div_ceil(NR) * panel_words;
+                    if packed.len() < len {
+                        packed.resize(len, 0);
+                    }
+                    let xp = &mut packed[..len];
+                    pack_cols(fmt, g, x, (p0, ncols), xp, &mut scratch.borrow_mut());
+                    // SAFETY: task t alone writes the columns of its block.
+                    unsafe {
+                        let out = out.get().add(img * g.cout * n);
+                        compute_block(fmt, g, xp, wp, 0..co_panels, (p0, ncols), out, act)
+                    }
+                })
+            })
+        });
+        return;
+    }
+    // Few blocks: pack each image whole, in parallel, then split its output channels.
+    let mut packed = vec![0u32; panels * panel_words];
+    for img in 0..g.b {
+        let x = &x[img * image..(img + 1) * image];
+        let per_task = panels.div_ceil(threads);
+        let dst = SharedPtr(packed.as_mut_ptr());
+        parallel_for(threads, panels.div_ceil(per_task), |t| {
+            let p0 = t * per_task * NR;
+            let ncols = (per_task * NR).min(n - p0);
+            // SAFETY: task t alone owns panels t * per_task.. of the buffer, and they
+            // lie inside it (ncols.div_ceil(NR) panels from there).
+            let xp = unsafe {
+                std::slice::from_raw_parts_mut(
+                    dst.get().add(t * per_task * panel_words),
+                    ncols.div_ceil(NR) * panel_words,
+                )
+            };
+            SCRATCH.with(|s| pack_cols(fmt, g, x, (p0, ncols), xp, &mut s.borrow_mut()));
+        });
+        // Tasks: about four per thread over (channel chunk, column block).
+        let chunks = (4 * threads).div_ceil(blocks).clamp(1, co_panels);
+        let per_chunk = co_panels.div_ceil(chunks);
+        let chunks = co_panels.div_ceil(per_chunk);
+        let packed = &packed;
+        parallel_for(threads, chunks * blocks, |t| {
+            let (c, blk) = (t / blocks, t % blocks);
+            let cps = c * per_chunk..((c + 1) * per_chunk).min(co_panels);
+            let p0 = blk * per_block * NR;
+            let ncols = (per_block * NR).min(n - p0);
+            let xp = &packed[blk * per_block * panel_words..][..ncols.div_ceil(NR) * panel_words];
+            // SAFETY: task t alone writes these channels of these columns.
+            unsafe {
+                let out = out.get().add(img * g.cout * n);
+                compute_block(fmt, g, xp, wp, cps, (p0, ncols), out, act)
+            }
+        });
+    }
+}
+
+/// The shapes of a dense convolution as the kernels see them, checked: `x` (B, C_in,
+/// H, W) against weights (C_out, C_in, KH, KW).
+pub(crate) fn geometry(
+    (b, cin, h, w): (usize, usize, usize, usize),
+    (cout, wcin, kh, kw): (usize, usize, usize, usize),
+    stride: usize,
+    pad: usize,
+) -> candle_core::Result<Geom> {
+    if wcin != cin {
+        candle_core::bail!(
+            "conv: weight ({cout}, {wcin}, {kh}, {kw}) does not fit an input with {cin} channels"
+        );
+    }
+    if stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
+        candle_core::bail!(
+            "conv: kernel {kh}x{kw} with padding {pad} and stride {stride} does not fit {h}x{w}"
+        );
+    }
+    Ok(Geom {
+        b,
+        cin,
+        h,
+        w,
+        cout,
+        kh,
+        kw,
+        stride,
+        pad,
+        oh: (h + 2 * pad - kh) / stride + 1,
+        ow: (w + 2 * pad - kw) / stride + 1,
+    })
+}

@@ -1,0 +1,125 @@
+//! Low-precision dense and depthwise convolutions for CPU inference: bf16 operands with
+//! `f32` accumulation, and u8 x s8 products with `i32` accumulation.
+//!
+//! Both take and return `f32` NCHW feature maps, so that layers of different precisions
+//! can be mixed: the input is rounded (bf16) or quantised (u8) while it is packed for
+//! the micro-kernel, and the epilogue (scales, bias, activation) writes `f32`.
+//!
+//! - [`bf16`]: [`Bf16ConvWeights`] and [`conv2d_bf16_bias_act`] (`vdpbf16ps` on
+//!   AVX512_BF16);
+//! - [`int8`]: [`Int8ConvWeights`] and [`conv2d_int8_bias_act`] (`vpdpbusd` on
+//!   AVX512_VNNI), the activation scale an [`ActQuant`] from calibration ([`quant`]);
+//! - [`depthwise`]: [`Int8DepthwiseWeights`] and [`depthwise3x3_int8_bias_act`];
+//! - [`driver`]: the tiling and threading both dense kernels share.
+//!
+//! Every kernel has a portable version with the same operands (and, for int8, the same
+//! results bit for bit), run on CPUs without the instructions or when the caller asks
+//! for [`Isa::Portable`]. The design, the data layouts and the error bounds are in
+//! `docs/lowp-kernels.md`.
+
+pub(crate) mod bf16;
+pub(crate) mod depthwise;
+pub(crate) mod driver;
+pub(crate) mod int8;
+pub(crate) mod quant;
+
+#[cfg(test)]
+mod tests;
+
+pub use bf16::{conv2d_bf16_bias_act, Bf16ConvWeights};
+pub use depthwise::{depthwise3x3_int8_bias_act, Int8DepthwiseWeights};
+pub use int8::{conv2d_int8_bias_act, Int8ConvWeights, INT8_MAX_DEPTH};
+pub use quant::{bf16_round, ActQuant};
+
+/// Which micro-kernels the low-precision convolutions run: a plain argument, so that a
+/// test can compare the two paths in one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Isa {
+    /// The SIMD kernels where this CPU has their instructions (AVX512_VNNI for int8,
+    /// AVX512_BF16 for bf16, detected once per process), the portable ones elsewhere.
+    #[default]
+    Native,
+    /// The portable kernels, whatever the CPU.
+    Portable,
+}
+
+impl Isa {
+    /// Whether the int8 kernels run the AVX512_VNNI micro-kernel under this choice on
+    /// this CPU (for logs and benchmarks).
+    pub fn int8_simd(self) -> bool {
+        self == Isa::Native && has_vnni()
+    }
+
+    /// Whether the bf16 kernel runs the AVX512_BF16 micro-kernel under this choice on
+    /// this CPU.
+    pub fn bf16_simd(self) -> bool {
+        self == Isa::Native && has_avx512_bf16()
+    }
+}
+
+/// Whether this CPU runs the VNNI int8 micro-kernel (AVX-512F, BW and VNNI; asked
+/// once per process).
+pub(crate) fn has_vnni() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Whether this CPU runs the bf16 micro-kernel (AVX-512F, BW and BF16; asked once per
+/// process).
+pub(crate) fn has_avx512_bf16() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// `act` on 16 lanes (`Relu6` as `min(max(t, 0), 6)`, `Leaky(s)` as `max(t, s t)`): the
+/// SIMD epilogues' activation, the same arithmetic as the portable ones'.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn activate(
+    t: std::arch::x86_64::__m512,
+    act: crate::epilogue::Epilogue,
+) -> std::arch::x86_64::__m512 {
+    use crate::epilogue::Epilogue;
+    use std::arch::x86_64::{_mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_set1_ps};
+    match act {
+        Epilogue::Identity => t,
+        Epilogue::Relu6 => {
+            _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(0.0)), _mm512_set1_ps(6.0))
+        }
+        Epilogue::Leaky(s) => _mm512_max_ps(t, _mm512_mul_ps(t, _mm512_set1_ps(s))),
+    }
+}
+
+/// `act(t)` on one value, as [`activate`] does on 16.
+#[inline(always)]
+pub(crate) fn activate_scalar(t: f32, act: crate::epilogue::Epilogue) -> f32 {
+    use crate::epilogue::Epilogue;
+    match act {
+        Epilogue::Identity => t,
+        Epilogue::Relu6 => t.clamp(0.0, 6.0),
+        Epilogue::Leaky(s) => t.max(t * s),
+    }
+}

@@ -1,0 +1,248 @@
+//! The number formats: bf16 rounding, the u8 activation quantisation ([`ActQuant`],
+//! with its calibration helpers) and the s8 per-channel weight quantisation, plus the
+//! packing of `f32` rows into the 32-bit words the micro-kernels read.
+
+use candle_core::Result;
+use multiversion::multiversion;
+
+/// The bf16 bit pattern of `v` rounded to nearest, ties to even (NaN stays a quiet
+/// NaN, overflow goes to infinity): the upper 16 bits of the rounded `f32`.
+#[inline(always)]
+pub(crate) fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b & 0x7fff_ffff > 0x7f80_0000 {
+        return (b >> 16) | 0x40;
+    }
+    b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
+}
+
+/// The `f32` value of bf16 bits `h` (in the low 16 bits).
+#[inline(always)]
+pub(crate) fn bf16_value(h: u32) -> f32 {
+    f32::from_bits(h << 16)
+}
+
+/// `v` rounded to bf16 (8 significant bits, to nearest, ties to even) and back: the
+/// value the bf16 kernels multiply in its place.
+pub fn bf16_round(v: f32) -> f32 {
+    bf16_value(bf16_bits(v))
+}
+
+/// The per-tensor quantisation of a layer's input activations: `q = clamp(round(x /
+/// scale) + 128, 0, 255)`, `x ≈ scale * (q - 128)` (round to nearest even; `x / scale`
+/// is computed as `x * (1 / scale)`).
+///
+/// The zero point is fixed at 128, so the representable range is symmetric,
+/// `[-128 scale, 127 scale]`: inputs outside it are clamped. With the scale from
+/// [`ActQuant::from_max_abs`] (or a calibration helper) every calibrated value lies
+/// inside. Maps that are never negative (after ReLU6) use half of the 256 steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActQuant {
+    scale: f32,
+}
+
+impl ActQuant {
+    /// The u8 code of 0.0.
+    pub const ZERO_POINT: u8 = 128;
+
+    /// A quantisation with this step; errors unless it is finite and positive.
+    pub fn new(scale: f32) -> Result<Self> {
+        if !(scale.is_finite() && scale > 0.0) {
+            candle_core::bail!("activation scale must be finite and positive, got {scale}");
+        }
+        Ok(Self { scale })
+    }
+
+    /// The finest quantisation whose range holds `[-max_abs, max_abs]`: scale
+    /// `max_abs / 127`. Errors unless `max_abs` is finite and positive.
+    pub fn from_max_abs(max_abs: f32) -> Result<Self> {
+        Self::new(max_abs / 127.0)
+    }
+
+    /// The finest quantisation whose range holds `[min, max]` (the zero point is 128,
+    /// so this is [`ActQuant::from_max_abs`] of the larger magnitude).
+    pub fn from_range(min: f32, max: f32) -> Result<Self> {
+        Self::from_max_abs(min.abs().max(max.abs()))
+    }
+
+    /// Min-max calibration: the range of `values` (the layer's inputs over a few
+    /// calibration images; NaNs are skipped). Errors when every value is 0 or NaN.
+    pub fn calibrate_min_max(values: &[f32]) -> Result<Self> {
+        let m = values
+            .iter()
+            .filter(|v| !v.is_nan())
+            .fold(0f32, |m, v| m.max(v.abs()));
+        Self::from_max_abs(m)
+    }
+
+    /// Percentile calibration: the range `[-m, m]` where `m` is the `percentile`-th
+    /// percentile (0..=100, e.g. 99.99) of `|values|`: clamps the rare outliers to
+    /// quantise the bulk more finely. Errors on an empty or all-zero input or a
+    /// percentile outside 0..=100.
+    pub fn calibrate_percentile(values: &[f32], percentile: f32) -> Result<Self> {
+        if !(0.0..=100.0).contains(&percentile) {
+            candle_core::bail!("percentile must be in 0..=100, got {percentile}");
+        }
+        let mut mags: Vec<f32> = values
+            .iter()
+            .filter(|v| !v.is_nan())
+            .map(|v| v.abs())
+            .collect();
+        if mags.is_empty() {
+            candle_core::bail!("percentile calibration of no values");
+        }
+        // The value of rank ceil(p/100 * n) - 1 (the nearest-rank percentile).
+        let n = mags.len();
+        let rank = ((f64::from(percentile) / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1;
+        let (_, m, _) = mags.select_nth_unstable_by(rank, f32::total_cmp);
+        Self::from_max_abs(*m)
+    }
+
+    /// The quantisation step.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// The u8 code of `x` (as the kernels compute it while packing).
+    pub fn quantize(&self, x: f32) -> u8 {
+        quantize_u8(x, 1.0 / self.scale) as u8
+    }
+
+    /// The value code `q` stands for: `scale * (q - 128)`.
+    pub fn dequantize(&self, q: u8) -> f32 {
+        self.scale * (i32::from(q) - 128) as f32
+    }
+}
+
+/// `clamp(round(x * inv) + 128, 0, 255)` as the low byte of the result: the addition of
+/// 2^23 rounds to an integer (to nearest even) in every lane without a rounding
+/// instruction, so this vectorises on any x86-64 (NaN gives 0).
+#[inline(always)]
+// max/min rather than clamp: NaN goes to 0 instead of through.
+#[allow(clippy::manual_clamp)]
+pub(crate) fn quantize_u8(x: f32, inv: f32) -> u32 {
+    let t = (x * inv + 128.0).max(0.0).min(255.0);
+    (t + 8_388_608.0).to_bits() & 0xff
+}
+
+/// s8 weights of one output channel: `q = clamp(round(w / scale), -127, 127)` with
+/// `scale = max |w| / 127` (1 for an all-zero channel), written to `q`; returns the
+/// scale.
+pub(crate) fn quantize_channel_s8(w: &[f32], q: &mut [i8]) -> f32 {
+    let m = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if m > 0.0 && m.is_finite() {
+        m / 127.0
+    } else {
+        1.0
+    };
+    for (q, &v) in q.iter_mut().zip(w) {
+        *q = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    scale
+}
+
+/// Packs four rows of `f32` activations (`rows[j][c]` is depth `4g + j` of column `c`,
+/// all of one length `cols <= dst.len()`) into the u8 words of one depth group:
+/// byte `j` of `dst[c]` is the code of `rows[j][c]`. Columns `cols..` get the zero
+/// point.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+pub(crate) fn pack_u8(rows: [&[f32]; 4], inv: f32, dst: &mut [u32]) {
+    let cols = rows[0].len();
+    let (head, tail) = dst.split_at_mut(cols);
+    let [r0, r1, r2, r3] = rows;
+    let (r1, r2, r3) = (&r1[..cols], &r2[..cols], &r3[..cols]);
+    for c in 0..cols {
+        head[c] = quantize_u8(r0[c], inv)
+            | quantize_u8(r1[c], inv) << 8
+            | quantize_u8(r2[c], inv) << 16
+            | quantize_u8(r3[c], inv) << 24;
+    }
+    tail.fill(0x8080_8080);
+}
+
+/// Packs two rows of `f32` activations into the bf16 words of one depth group: the low
+/// half of `dst[c]` is `rows[0][c]` rounded, the high half `rows[1][c]`. Columns
+/// `cols..` get zeros.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+pub(crate) fn pack_bf16(rows: [&[f32]; 2], dst: &mut [u32]) {
+    let cols = rows[0].len();
+    let (head, tail) = dst.split_at_mut(cols);
+    let [r0, r1] = rows;
+    let r1 = &r1[..cols];
+    for c in 0..cols {
+        head[c] = bf16_bits(r0[c]) | bf16_bits(r1[c]) << 16;
+    }
+    tail.fill(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to the even 1.0.
+        assert_eq!(bf16_round(1.0 + 2f32.powi(-8)), 1.0);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties to the even upper.
+        assert_eq!(bf16_round(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+        assert_eq!(
+            bf16_round(1.0 + 2f32.powi(-8) + 2f32.powi(-20)),
+            1.0 + 2f32.powi(-7)
+        );
+        assert_eq!(bf16_round(-2.5), -2.5);
+        assert!(bf16_round(f32::NAN).is_nan());
+        assert_eq!(bf16_round(f32::MAX), f32::INFINITY);
+        assert_eq!(bf16_round(f32::NEG_INFINITY), f32::NEG_INFINITY);
+        // Relative error at most 2^-8 (bf16 has 8 significant bits: half an ulp).
+        for i in 0..1000 {
+            let v = 0.37f32 * 1.013f32.powi(i) - 3.0;
+            assert!((bf16_round(v) - v).abs() <= v.abs() * 2f32.powi(-8));
+        }
+    }
+
+    #[test]
+    fn u8_codes_round_half_to_even_and_clamp() {
+        let q = ActQuant::new(0.5).unwrap();
+        assert_eq!(q.quantize(0.0), 128);
+        assert_eq!(q.quantize(0.25), 128); // 0.5 steps: ties to even 0
+        assert_eq!(q.quantize(0.75), 130); // 1.5 -> 2
+        assert_eq!(q.quantize(-0.75), 126);
+        assert_eq!(q.quantize(63.5), 255);
+        assert_eq!(q.quantize(1e9), 255);
+        assert_eq!(q.quantize(-64.0), 0);
+        assert_eq!(q.quantize(-1e9), 0);
+        assert_eq!(q.dequantize(130), 1.0);
+        assert!(ActQuant::new(0.0).is_err() && ActQuant::new(f32::NAN).is_err());
+    }
+
+    #[test]
+    fn calibration() {
+        let v = [0.5f32, -2.54, 1.0, f32::NAN];
+        let q = ActQuant::calibrate_min_max(&v).unwrap();
+        assert_eq!(q.scale(), 2.54 / 127.0);
+        assert_eq!(q.quantize(-2.54), 1);
+        assert!(ActQuant::calibrate_min_max(&[0.0]).is_err());
+        // 1000 values 1..=1000 (and one outlier): the 99th percentile is 990.
+        let mut v: Vec<f32> = (1..=1000).map(|i| i as f32).collect();
+        v[500] = -1e6;
+        let q = ActQuant::calibrate_percentile(&v, 99.0).unwrap();
+        assert_eq!(q.scale(), 991.0 / 127.0);
+        let q = ActQuant::calibrate_percentile(&v, 100.0).unwrap();
+        assert_eq!(q.scale(), 1e6 / 127.0);
+        assert!(ActQuant::calibrate_percentile(&v, 101.0).is_err());
+        assert_eq!(
+            ActQuant::from_range(-1.0, 3.0).unwrap(),
+            ActQuant::from_max_abs(3.0).unwrap()
+        );
+    }
+
+    #[test]
+    fn weights_quantise_per_channel() {
+        let mut q = [0i8; 4];
+        let s = quantize_channel_s8(&[0.5, -1.27, 0.004, 0.016], &mut q);
+        assert_eq!(s, 1.27 / 127.0);
+        assert_eq!(q, [50, -127, 0, 2]);
+        assert_eq!(quantize_channel_s8(&[0.0; 4], &mut q), 1.0);
+        assert_eq!(q, [0; 4]);
+    }
+}
