@@ -9,7 +9,7 @@
 //! milliseconds of `conv2d_bias_act` (the default policy, Winograd included), of the
 //! bf16 and of the int8 kernel, and their speed-ups over `f32`; then the depthwise 3x3
 //! layers, `f32` against int8. `--portable` times the portable micro-kernels instead
-//! of the SIMD ones.
+//! of the SIMD ones, `--dot` the `vdpbf16ps` bf16 kernel instead of the FMA one.
 
 use std::time::Instant;
 
@@ -38,10 +38,17 @@ fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     let isa = if std::env::args().any(|a| a == "--portable") {
         Isa::Portable
+    } else if std::env::args().any(|a| a == "--dot") {
+        Isa::Bf16Dot
     } else {
         Isa::Native
     };
-    let runs = 7;
+    // `--only N`: time dense layer N alone, many times (for profiling).
+    let only: Option<usize> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .and_then(|v| v.parse().ok());
+    let runs = if only.is_some() { 101 } else { 7 };
     // (c_in, side, c_out, k, stride)
     let layers = [
         (3, 416, 32, 3, 1),
@@ -68,15 +75,18 @@ fn main() -> candle_core::Result<()> {
         (960, 13, 320, 1, 1),
     ];
     println!(
-        "isa: {isa:?} (int8 VNNI kernel: {}, bf16 AVX512_BF16 kernel: {})",
+        "isa: {isa:?} (int8 VNNI kernel: {}, bf16 kernel: {})",
         isa.int8_simd(),
-        isa.bf16_simd()
+        isa.bf16_kernel()
     );
     println!(
         "layer                          f32 ms  bf16 ms  int8 ms   bf16 x  int8 x   int8 GOP/s"
     );
     let act = Epilogue::Leaky(0.1);
-    for (cin, side, cout, k, s) in layers {
+    for (i, (cin, side, cout, k, s)) in layers.into_iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
         let x = Tensor::rand(-1f32, 1., (1, cin, side, side), &dev)?;
         let w = Tensor::randn(0f32, 0.05, (cout, cin, k, k), &dev)?;
         let b = Tensor::randn(0f32, 1., cout, &dev)?;
@@ -102,6 +112,9 @@ fn main() -> candle_core::Result<()> {
             f32_ms / int8_ms,
             gop / int8_ms * 1e3
         );
+    }
+    if only.is_some() {
+        return Ok(());
     }
     println!();
     println!("depthwise 3x3                  f32 ms  int8 ms   int8 x");

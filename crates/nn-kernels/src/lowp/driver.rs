@@ -28,7 +28,7 @@ pub(crate) const MR: usize = 8;
 /// Output positions per micro-tile: three 16-lane vectors.
 pub(crate) const NR: usize = 48;
 /// Bytes of packed activations per block (stays in L2 while the channels run over it).
-const BLOCK_BYTES: usize = 192 * 1024;
+const BLOCK_BYTES: usize = 512 * 1024;
 /// Floats of `f32` im2col rows per packing step.
 const SCRATCH_FLOATS: usize = 32 * 1024;
 

@@ -22,8 +22,9 @@ use crate::epilogue::Epilogue;
 use crate::pool::pool_threads;
 use crate::storage::contiguous_f32;
 
-/// Largest depth `C_in * KH * KW`: 255 * 127 per product keeps every `i32` sum exact.
-pub const INT8_MAX_DEPTH: usize = (i32::MAX as usize) / (255 * 127);
+/// Largest depth `C_in * KH * KW` of the int8 kernel: with at most 255 * 128 per
+/// product (codes of -128 allowed), every `i32` sum stays exact.
+pub const INT8_MAX_DEPTH: usize = (i32::MAX as usize) / (255 * 128);
 
 /// Dense convolution weights quantised to s8 with one `f32` scale per output channel,
 /// packed for the int8 kernel (prepared once, at load).
@@ -167,7 +168,7 @@ impl Int8 {
             scale: weights.scales.iter().map(|s| x_quant.scale() * s).collect(),
             comp: weights.row_sums.iter().map(|s| 128 * s).collect(),
             bias,
-            vnni: isa == Isa::Native && has_vnni(),
+            vnni: isa != Isa::Portable && has_vnni(),
         }
     }
 }
