@@ -83,8 +83,10 @@ fn main() -> candle_core::Result<()> {
         "layer                          f32 ms  bf16 ms  int8 ms   bf16 x  int8 x   int8 GOP/s"
     );
     let act = Epilogue::Leaky(0.1);
+    // `--depthwise`: the depthwise layers only.
+    let depthwise_only = std::env::args().any(|a| a == "--depthwise");
     for (i, (cin, side, cout, k, s)) in layers.into_iter().enumerate() {
-        if only.is_some_and(|o| o != i) {
+        if depthwise_only || only.is_some_and(|o| o != i) {
             continue;
         }
         let x = Tensor::rand(-1f32, 1., (1, cin, side, side), &dev)?;

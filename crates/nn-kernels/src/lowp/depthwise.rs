@@ -132,15 +132,16 @@ fn plane_int8(
                 *d = code(v);
             }
         } else {
-            // Padded column i = ix + 1: even i at i / 2, odd i at half + i / 2.
+            // Padded column i = ix + 1 is stored at i / 2 if even, at half + i / 2 if
+            // odd: input columns 2j and 2j + 1 go to odd[j] and even[j + 1].
             let (even, odd) = dst.split_at_mut(half);
-            for (ix, &v) in row.iter().enumerate() {
-                let i = ix + 1;
-                if i % 2 == 0 {
-                    even[i / 2] = code(v);
-                } else {
-                    odd[i / 2] = code(v);
-                }
+            let pairs = row.chunks_exact(2);
+            if let [last] = pairs.remainder() {
+                odd[w / 2] = code(*last);
+            }
+            for ((o, e), p) in odd.iter_mut().zip(&mut even[1..]).zip(pairs) {
+                *o = code(p[0]);
+                *e = code(p[1]);
             }
         }
     }
@@ -159,12 +160,17 @@ fn plane_int8(
                 let (even, odd) = r.split_at(half);
                 (&even[..ow], &odd[..ow], &even[1..ow + 1])
             };
-            for i in 0..ow {
-                acc[i] += w0 * i32::from(a[i]) + w1 * i32::from(b[i]) + w2 * i32::from(c[i]);
+            for (((acc, &a), &b), &c) in acc.iter_mut().zip(a).zip(b).zip(c) {
+                *acc += w0 * i32::from(a) + w1 * i32::from(b) + w2 * i32::from(c);
             }
         }
-        for (o, &a) in orow.iter_mut().zip(&acc) {
-            *o = activate_scalar(a as f32 * scale + bias, act);
+        // One loop per activation, so that each vectorises.
+        let pre = |a: i32| a as f32 * scale + bias;
+        let pairs = orow.iter_mut().zip(&acc);
+        match act {
+            Epilogue::Identity => pairs.for_each(|(o, &a)| *o = pre(a)),
+            Epilogue::Relu6 => pairs.for_each(|(o, &a)| *o = activate_scalar(pre(a), act)),
+            Epilogue::Leaky(_) => pairs.for_each(|(o, &a)| *o = activate_scalar(pre(a), act)),
         }
     }
 }
