@@ -8,12 +8,15 @@
 //!
 //! - weights, at load: panels of `MR` channels, `(C_out / MR, K / G, MR)` words
 //!   (channels and depth past the ends padded with zeros);
-//! - activations, at each call: panels of `NR` positions, `(OH*OW / NR, K / G, NR)`
-//!   words, rounded or quantised while they are packed (columns past the end padded).
+//! - activations, at each call: the input is first rounded or quantised once, element
+//!   by element, into a copy of one or two bytes per value (a quarter or half of the
+//!   `f32` input), then packed in panels of `NR` positions,
+//!   `(OH*OW / NR, K / G, NR)` words, through a small im2col buffer of those bytes
+//!   (padding taps get the format's zero, columns past the end are padded).
 //!
 //! Wide images are cut into blocks of panels, each packed by the task that consumes it
-//! (a quarter of a megabyte at most, so it stays in L2 while every channel panel runs
-//! over it); narrow ones (13x13, 26x26, where the weights dominate) are packed whole in
+//! (half a megabyte at most, so it stays in L2 while every channel panel runs over it);
+//! narrow ones (13x13, 26x26, where the weights dominate) are packed whole in
 //! parallel, then the output channels are split over the threads.
 
 use std::cell::RefCell;
@@ -29,14 +32,12 @@ pub(crate) const MR: usize = 8;
 pub(crate) const NR: usize = 48;
 /// Bytes of packed activations per block (stays in L2 while the channels run over it).
 const BLOCK_BYTES: usize = 512 * 1024;
-/// Floats of `f32` im2col rows per packing step.
-const SCRATCH_FLOATS: usize = 32 * 1024;
+/// Elements of im2col rows per packing step.
+const SCRATCH_ELEMS: usize = 32 * 1024;
 
 thread_local! {
     /// This thread's packed activation block, reused from call to call.
     static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    /// This thread's `f32` im2col rows, reused from call to call.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Where a micro-tile's results go: rows `co0..co0 + rows` (output channels) and
@@ -56,9 +57,19 @@ pub(crate) trait Format: Sync {
     /// Depth values per 32-bit word.
     const GROUP: usize;
 
-    /// Packs the first [`Format::GROUP`] of `rows` (activations at consecutive depths,
-    /// one length `cols <= NR` each) into `dst` (`NR` words), padding columns `cols..`.
-    fn pack(&self, rows: [&[f32]; 4], dst: &mut [u32]);
+    /// An activation after rounding or quantisation (u8 code, bf16 bits).
+    type Elem: Copy + Send + Sync;
+
+    /// The element of a padding tap (the zero point; bf16 zero).
+    const PAD: Self::Elem;
+
+    /// `dst[i]` = `x[i]` rounded or quantised.
+    fn convert(&self, x: &[f32], dst: &mut [Self::Elem]);
+
+    /// Packs the first [`Format::GROUP`] of `rows` (converted activations at consecutive
+    /// depths, one length `cols <= NR` each) into `dst` (`NR` words), padding columns
+    /// `cols..`.
+    fn interleave(&self, rows: [&[Self::Elem]; 4], dst: &mut [u32]);
 
     /// `out = epilogue(W x X)` for one micro-tile: `x` is an activation panel
     /// (`groups * NR` words), `w` a weight panel (`groups * MR` words).
@@ -70,15 +81,14 @@ pub(crate) trait Format: Sync {
     unsafe fn tile(&self, x: &[u32], w: &[u32], out: OutTile, act: Epilogue);
 }
 
-/// Packs the columns `p0..p0 + ncols` of the im2col matrix of one image `x`
+/// Packs the columns `p0..p0 + ncols` of the im2col matrix of one converted image `x`
 /// (C_in, H, W) into `dst`: `ncols.div_ceil(NR)` panels of `groups * NR` words.
 fn pack_cols<F: Format>(
     fmt: &F,
     g: &Geom,
-    x: &[f32],
+    x: &[F::Elem],
     (p0, ncols): (usize, usize),
     dst: &mut [u32],
-    scratch: &mut Vec<f32>,
 ) {
     let groups = g.depth().div_ceil(F::GROUP);
     if g.pointwise() {
@@ -91,16 +101,13 @@ fn pack_cols<F: Format>(
     // Whole multiples of 4 channels at a time, so that no depth group straddles two
     // steps (4 * KH * KW rows is a multiple of every GROUP).
     let kk = g.kh * g.kw;
-    let chunk = (SCRATCH_FLOATS / (kk * ncols)) / 4 * 4;
-    let chunk = chunk.max(4);
+    let chunk = ((SCRATCH_ELEMS / (kk * ncols)) / 4 * 4).max(4);
+    let mut scratch = vec![F::PAD; chunk.min(g.cin) * kk * ncols];
     for ch0 in (0..g.cin).step_by(chunk) {
         let chans = ch0..(ch0 + chunk).min(g.cin);
         let (k0, nrows) = (ch0 * kk, chans.len() * kk);
-        if scratch.len() < nrows * ncols {
-            scratch.resize(nrows * ncols, 0.0);
-        }
         let buf = &mut scratch[..nrows * ncols];
-        g.im2col_channels(x, p0, ncols, buf, chans);
+        im2col(g, x, (p0, ncols), buf, chans, F::PAD);
         let buf = &*buf;
         let range = k0 / F::GROUP..(k0 + nrows).div_ceil(F::GROUP);
         let row = |r: usize, c0: usize, cols: usize| &buf[(r - k0) * ncols + c0..][..cols];
@@ -108,33 +115,135 @@ fn pack_cols<F: Format>(
     }
 }
 
+/// The im2col rows of the input channels `channels` of one image `x` (C_in, H, W), at
+/// the output columns `p0..p0 + nt`, into `buf` (channels.len() * KH * KW, nt); `pad`
+/// for the taps outside the image ([`Geom::im2col_channels`] on any element type).
+fn im2col<T: Copy>(
+    g: &Geom,
+    x: &[T],
+    (p0, nt): (usize, usize),
+    buf: &mut [T],
+    channels: std::ops::Range<usize>,
+    pad: T,
+) {
+    let (h, w, s, p) = (g.h, g.w, g.stride, g.pad);
+    if s == 2 {
+        return im2col_stride2(g, x, (p0, nt), buf, channels, pad);
+    }
+    let c0 = channels.start;
+    for ci in channels {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = ((ci - c0) * g.kh + ky) * g.kw + kx;
+                let dst = &mut buf[r * nt..(r + 1) * nt];
+                for (j, oy, ox0, run) in g.row_runs(p0, nt) {
+                    let seg = &mut dst[j..j + run];
+                    let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) else {
+                        seg.fill(pad);
+                        continue;
+                    };
+                    let row = &plane[iy * w..(iy + 1) * w];
+                    let (a, b) = g.valid_span(kx, ox0, run);
+                    seg[..a - ox0].fill(pad);
+                    seg[b - ox0..].fill(pad);
+                    let valid = &mut seg[a - ox0..b - ox0];
+                    let first = a * s + kx - p;
+                    if s == 1 {
+                        valid.copy_from_slice(&row[first..first + (b - a)]);
+                    } else {
+                        for (v, src) in valid.iter_mut().zip(row[first..].iter().step_by(s)) {
+                            *v = *src;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for stride 2: each input row is split once into its even and odd
+/// columns, from which every tap's run is one contiguous copy (as
+/// [`Geom::im2col_channels_stride2`]).
+fn im2col_stride2<T: Copy>(
+    g: &Geom,
+    x: &[T],
+    (p0, nt): (usize, usize),
+    buf: &mut [T],
+    channels: std::ops::Range<usize>,
+    pad: T,
+) {
+    let (h, w, p) = (g.h, g.w, g.pad);
+    let c0 = channels.start;
+    // phases[..half] = row[0], row[2], ...; phases[half..] = row[1], row[3], ...
+    let half = w.div_ceil(2);
+    let mut phases = vec![pad; 2 * half];
+    for ci in channels {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..g.kh {
+            for (j, oy, ox0, run) in g.row_runs(p0, nt) {
+                let iy = (oy * 2 + ky).checked_sub(p).filter(|&iy| iy < h);
+                if let Some(iy) = iy {
+                    let row = &plane[iy * w..(iy + 1) * w];
+                    let (even, odd) = phases.split_at_mut(half);
+                    let pairs = row.chunks_exact(2);
+                    if let [last] = pairs.remainder() {
+                        even[half - 1] = *last;
+                    }
+                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                }
+                for kx in 0..g.kw {
+                    let r = ((ci - c0) * g.kh + ky) * g.kw + kx;
+                    let seg = &mut buf[r * nt + j..][..run];
+                    if iy.is_none() {
+                        seg.fill(pad);
+                        continue;
+                    }
+                    let (a, b) = g.valid_span(kx, ox0, run);
+                    seg[..a - ox0].fill(pad);
+                    seg[b - ox0..].fill(pad);
+                    // Input columns first, first + 2, ...: one phase, contiguous.
+                    let first = a * 2 + kx - p;
+                    let phase = &phases[(first % 2) * half + first / 2..][..b - a];
+                    seg[a - ox0..b - ox0].copy_from_slice(phase);
+                }
+            }
+        }
+    }
+}
+
 /// Packs the depth groups `range` of a block of `ncols` columns into `dst` (its panels
-/// of `groups * NR` words), `row(r, c0, cols)` giving the activations of depth `r` at
-/// columns `c0..c0 + cols` of the block.
+/// of `groups * NR` words), `row(r, c0, cols)` giving the converted activations of
+/// depth `r` at columns `c0..c0 + cols` of the block.
 fn pack_groups<'a, F: Format>(
     fmt: &F,
     g: &Geom,
     range: std::ops::Range<usize>,
     ncols: usize,
     dst: &mut [u32],
-    row: impl Fn(usize, usize, usize) -> &'a [f32],
-) {
-    static ZEROS: [f32; NR] = [0.0; NR];
+    row: impl Fn(usize, usize, usize) -> &'a [F::Elem],
+) where
+    F::Elem: 'a,
+{
+    let pads = [F::PAD; NR];
     let k = g.depth();
     let groups = k.div_ceil(F::GROUP);
     for grp in range {
         for pi in 0..ncols.div_ceil(NR) {
             let (c0, cols) = (pi * NR, NR.min(ncols - pi * NR));
-            // Depths past K (and rows past GROUP) read zeros: their weights are zero.
-            let rows: [&[f32]; 4] = std::array::from_fn(|j| {
+            // Depths past K (and rows past GROUP) read padding: their weights are zero.
+            let rows: [&[F::Elem]; 4] = std::array::from_fn(|j| {
                 let r = grp * F::GROUP + j;
                 if j < F::GROUP && r < k {
                     row(r, c0, cols)
                 } else {
-                    &ZEROS[..cols]
+                    &pads[..cols]
                 }
             });
-            fmt.pack(rows, &mut dst[(pi * groups + grp) * NR..][..NR]);
+            fmt.interleave(rows, &mut dst[(pi * groups + grp) * NR..][..NR]);
         }
     }
 }
@@ -181,7 +290,7 @@ unsafe fn compute_block<F: Format>(
 }
 
 /// Fills `out` (B, C_out, OH, OW) with `act(conv(x, W))` in format `fmt`, `x`
-/// (B, C_in, H, W) contiguous, `wp` the packed weights, on `threads` threads.
+/// (B, C_in, H, W) contiguous `f32`, `wp` the packed weights, on `threads` threads.
 pub(crate) fn run<F: Format>(
     fmt: &F,
     g: &Geom,
@@ -198,6 +307,19 @@ pub(crate) fn run<F: Format>(
     assert_eq!(wp.len(), co_panels * groups * MR);
     let threads = threads.max(1);
     let image = g.cin * g.h * g.w;
+    // The input rounded or quantised once, in parallel: (B, C_in, H, W).
+    let mut converted = Vec::with_capacity(x.len());
+    converted.resize(x.len(), F::PAD);
+    let piece = x.len().div_ceil(4 * threads).max(4096);
+    let dst = SharedPtr(converted.as_mut_ptr());
+    parallel_for(threads, x.len().div_ceil(piece), |i| {
+        let range = i * piece..((i + 1) * piece).min(x.len());
+        // SAFETY: piece i alone writes converted[range], inside the buffer.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(dst.get().add(range.start), range.len()) };
+        fmt.convert(&x[range], dst);
+    });
+    let x = &converted[..];
     let panels = n.div_ceil(NR);
     let panel_words = groups * NR;
     // Panels per block: BLOCK_BYTES of packed activations.
@@ -212,20 +334,18 @@ pub(crate) fn run<F: Format>(
             let ncols = (per_block * NR).min(n - p0);
             let x = &x[img * image..(img + 1) * image];
             PACKED.with(|packed| {
-                SCRATCH.with(|scratch| {
-                    let mut packed = packed.borrow_mut();
-                    let len = ncols.div_ceil(NR) * panel_words;
-                    if packed.len() < len {
-                        packed.resize(len, 0);
-                    }
-                    let xp = &mut packed[..len];
-                    pack_cols(fmt, g, x, (p0, ncols), xp, &mut scratch.borrow_mut());
-                    // SAFETY: task t alone writes the columns of its block.
-                    unsafe {
-                        let out = out.get().add(img * g.cout * n);
-                        compute_block(fmt, g, xp, wp, 0..co_panels, (p0, ncols), out, act)
-                    }
-                })
+                let mut packed = packed.borrow_mut();
+                let len = ncols.div_ceil(NR) * panel_words;
+                if packed.len() < len {
+                    packed.resize(len, 0);
+                }
+                let xp = &mut packed[..len];
+                pack_cols(fmt, g, x, (p0, ncols), xp);
+                // SAFETY: task t alone writes the columns of its block.
+                unsafe {
+                    let out = out.get().add(img * g.cout * n);
+                    compute_block(fmt, g, xp, wp, 0..co_panels, (p0, ncols), out, act)
+                }
             })
         });
         return;
@@ -247,7 +367,7 @@ pub(crate) fn run<F: Format>(
                     ncols.div_ceil(NR) * panel_words,
                 )
             };
-            SCRATCH.with(|s| pack_cols(fmt, g, x, (p0, ncols), xp, &mut s.borrow_mut()));
+            pack_cols(fmt, g, x, (p0, ncols), xp);
         });
         // Tasks: about four per thread over (channel chunk, column block).
         let chunks = (4 * threads).div_ceil(blocks).clamp(1, co_panels);

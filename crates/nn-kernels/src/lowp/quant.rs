@@ -141,36 +141,50 @@ pub(crate) fn quantize_channel_s8(w: &[f32], q: &mut [i8]) -> f32 {
     scale
 }
 
-/// Packs four rows of `f32` activations (`rows[j][c]` is depth `4g + j` of column `c`,
-/// all of one length `cols <= dst.len()`) into the u8 words of one depth group:
-/// byte `j` of `dst[c]` is the code of `rows[j][c]`. Columns `cols..` get the zero
-/// point.
+/// `dst[i]` = the u8 code of `x[i]` (`1 / scale` = `inv`), for a whole input at once.
 #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
-pub(crate) fn pack_u8(rows: [&[f32]; 4], inv: f32, dst: &mut [u32]) {
+pub(crate) fn quantize_u8_slice(x: &[f32], inv: f32, dst: &mut [u8]) {
+    for (d, &v) in dst.iter_mut().zip(x) {
+        *d = quantize_u8(v, inv) as u8;
+    }
+}
+
+/// `dst[i]` = the bf16 bits of `x[i]`, for a whole input at once.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+pub(crate) fn bf16_slice(x: &[f32], dst: &mut [u16]) {
+    for (d, &v) in dst.iter_mut().zip(x) {
+        *d = bf16_bits(v) as u16;
+    }
+}
+
+/// Packs four rows of u8 codes (`rows[j][c]`: depth `4g + j` of column `c`, one length
+/// `cols <= dst.len()` each) into the words of one depth group: byte `j` of `dst[c]`
+/// is `rows[j][c]`. Columns `cols..` get the zero point.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+pub(crate) fn interleave_u8(rows: [&[u8]; 4], dst: &mut [u32]) {
     let cols = rows[0].len();
     let (head, tail) = dst.split_at_mut(cols);
     let [r0, r1, r2, r3] = rows;
     let (r1, r2, r3) = (&r1[..cols], &r2[..cols], &r3[..cols]);
     for c in 0..cols {
-        head[c] = quantize_u8(r0[c], inv)
-            | quantize_u8(r1[c], inv) << 8
-            | quantize_u8(r2[c], inv) << 16
-            | quantize_u8(r3[c], inv) << 24;
+        head[c] = u32::from(r0[c])
+            | u32::from(r1[c]) << 8
+            | u32::from(r2[c]) << 16
+            | u32::from(r3[c]) << 24;
     }
     tail.fill(0x8080_8080);
 }
 
-/// Packs two rows of `f32` activations into the bf16 words of one depth group: the low
-/// half of `dst[c]` is `rows[0][c]` rounded, the high half `rows[1][c]`. Columns
-/// `cols..` get zeros.
+/// Packs two rows of bf16 bits into the words of one depth group: the low half of
+/// `dst[c]` is `rows[0][c]`, the high half `rows[1][c]`. Columns `cols..` get zeros.
 #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
-pub(crate) fn pack_bf16(rows: [&[f32]; 2], dst: &mut [u32]) {
+pub(crate) fn interleave_u16(rows: [&[u16]; 2], dst: &mut [u32]) {
     let cols = rows[0].len();
     let (head, tail) = dst.split_at_mut(cols);
     let [r0, r1] = rows;
     let r1 = &r1[..cols];
     for c in 0..cols {
-        head[c] = bf16_bits(r0[c]) | bf16_bits(r1[c]) << 16;
+        head[c] = u32::from(r0[c]) | u32::from(r1[c]) << 16;
     }
     tail.fill(0);
 }

@@ -11,7 +11,7 @@ use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
 
 /// (batch, c_in, h, w, c_out, k, stride, padding): 1x1 and 3x3 (one 5x5), stride 1 and
-/// 2, padding, batch > 1, channel counts off the vector widths, odd sides.
+/// 2 (one 3), padding, batch > 1, channel counts off the vector widths, odd sides.
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 const CASES: &[Case] = &[
     (1, 3, 7, 9, 5, 3, 1, 1),
@@ -23,6 +23,7 @@ const CASES: &[Case] = &[
     (1, 5, 12, 11, 9, 5, 2, 2),
     (1, 1, 1, 1, 1, 1, 1, 0),
     (1, 2, 1, 1, 3, 3, 1, 1),
+    (1, 4, 10, 11, 5, 3, 3, 1),
     // Several panels and blocks, both scheduling modes on the pool.
     (2, 40, 30, 31, 70, 3, 1, 1),
     (1, 64, 13, 13, 130, 1, 1, 0),
