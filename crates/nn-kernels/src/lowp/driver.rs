@@ -32,6 +32,8 @@ pub(crate) const MR: usize = 8;
 pub(crate) const NR: usize = 48;
 /// Bytes of packed activations per block (stays in L2 while the channels run over it).
 const BLOCK_BYTES: usize = 512 * 1024;
+/// Below this many elements, converting or packing runs on the calling thread.
+const SERIAL_ELEMS: usize = 1 << 18;
 /// Elements of im2col rows per packing step.
 const SCRATCH_ELEMS: usize = 32 * 1024;
 
@@ -71,6 +73,10 @@ pub(crate) trait Format: Sync {
     /// `cols..`.
     fn interleave(&self, rows: [&[Self::Elem]; 4], dst: &mut [u32]);
 
+    /// [`Format::convert`] and [`Format::interleave`] in one pass, from `f32` rows (for
+    /// pointwise convolutions, which read each input value once).
+    fn pack_f32(&self, rows: [&[f32]; 4], dst: &mut [u32]);
+
     /// `out = epilogue(W x X)` for one micro-tile: `x` is an activation panel
     /// (`groups * NR` words), `w` a weight panel (`groups * MR` words).
     ///
@@ -86,18 +92,14 @@ pub(crate) trait Format: Sync {
 fn pack_cols<F: Format>(
     fmt: &F,
     g: &Geom,
-    x: &[F::Elem],
+    x: Input<F::Elem>,
     (p0, ncols): (usize, usize),
     dst: &mut [u32],
 ) {
-    let groups = g.depth().div_ceil(F::GROUP);
-    if g.pointwise() {
-        // The input itself is the im2col matrix: row r is channel r.
-        let n = g.positions();
-        let row = |r: usize, c0: usize, cols: usize| &x[r * n + p0 + c0..][..cols];
-        pack_groups(fmt, g, 0..groups, ncols, dst, row);
-        return;
-    }
+    let x = match x {
+        Input::F32(x) => return pack_pointwise(fmt, g, x, (p0, ncols), dst),
+        Input::Converted(x) => x,
+    };
     // Whole multiples of 4 channels at a time, so that no depth group straddles two
     // steps (4 * KH * KW rows is a multiple of every GROUP).
     let kk = g.kh * g.kw;
@@ -113,6 +115,43 @@ fn pack_cols<F: Format>(
         let row = |r: usize, c0: usize, cols: usize| &buf[(r - k0) * ncols + c0..][..cols];
         pack_groups(fmt, g, range, ncols, dst, row);
     }
+}
+
+/// [`pack_cols`] of a pointwise convolution: the `f32` input (C_in, H*W) is itself the
+/// im2col matrix, rounded or quantised as it is packed.
+fn pack_pointwise<F: Format>(
+    fmt: &F,
+    g: &Geom,
+    x: &[f32],
+    (p0, ncols): (usize, usize),
+    dst: &mut [u32],
+) {
+    static ZEROS: [f32; NR] = [0.0; NR];
+    let (k, n) = (g.depth(), g.positions());
+    let groups = k.div_ceil(F::GROUP);
+    for grp in 0..groups {
+        for pi in 0..ncols.div_ceil(NR) {
+            let (c0, cols) = (pi * NR, NR.min(ncols - pi * NR));
+            // Depths past K (and rows past GROUP) read zeros: their weights are zero.
+            let rows: [&[f32]; 4] = std::array::from_fn(|j| {
+                let r = grp * F::GROUP + j;
+                if j < F::GROUP && r < k {
+                    &x[r * n + p0 + c0..][..cols]
+                } else {
+                    &ZEROS[..cols]
+                }
+            });
+            fmt.pack_f32(rows, &mut dst[(pi * groups + grp) * NR..][..NR]);
+        }
+    }
+}
+
+/// A convolution's input as the packing reads it: `f32` (pointwise convolutions) or
+/// converted once beforehand (the others, whose taps read each value several times).
+#[derive(Clone, Copy)]
+enum Input<'a, T> {
+    F32(&'a [f32]),
+    Converted(&'a [T]),
 }
 
 /// The im2col rows of the input channels `channels` of one image `x` (C_in, H, W), at
@@ -307,19 +346,25 @@ pub(crate) fn run<F: Format>(
     assert_eq!(wp.len(), co_panels * groups * MR);
     let threads = threads.max(1);
     let image = g.cin * g.h * g.w;
-    // The input rounded or quantised once, in parallel: (B, C_in, H, W).
-    let mut converted = Vec::with_capacity(x.len());
-    converted.resize(x.len(), F::PAD);
-    let piece = x.len().div_ceil(4 * threads).max(4096);
+    // The input rounded or quantised once, in parallel: (B, C_in, H, W); pointwise
+    // convolutions convert while they pack instead.
+    let len = if g.pointwise() { 0 } else { x.len() };
+    let mut converted = vec![F::PAD; len];
+    // Small inputs on the calling thread: each parallel pass is a rendezvous of the
+    // pool's threads, which costs more than the work when the machine is busy.
+    let piece = len.div_ceil(4 * threads).max(SERIAL_ELEMS);
     let dst = SharedPtr(converted.as_mut_ptr());
-    parallel_for(threads, x.len().div_ceil(piece), |i| {
-        let range = i * piece..((i + 1) * piece).min(x.len());
+    parallel_for(threads, len.div_ceil(piece), |i| {
+        let range = i * piece..((i + 1) * piece).min(len);
         // SAFETY: piece i alone writes converted[range], inside the buffer.
         let dst =
             unsafe { std::slice::from_raw_parts_mut(dst.get().add(range.start), range.len()) };
         fmt.convert(&x[range], dst);
     });
-    let x = &converted[..];
+    let input = |img: usize| match g.pointwise() {
+        true => Input::F32(&x[img * image..(img + 1) * image]),
+        false => Input::Converted(&converted[img * image..(img + 1) * image]),
+    };
     let panels = n.div_ceil(NR);
     let panel_words = groups * NR;
     // Panels per block: BLOCK_BYTES of packed activations.
@@ -332,7 +377,7 @@ pub(crate) fn run<F: Format>(
             let (img, blk) = (t / blocks, t % blocks);
             let p0 = blk * per_block * NR;
             let ncols = (per_block * NR).min(n - p0);
-            let x = &x[img * image..(img + 1) * image];
+            let x = input(img);
             PACKED.with(|packed| {
                 let mut packed = packed.borrow_mut();
                 let len = ncols.div_ceil(NR) * panel_words;
@@ -353,8 +398,13 @@ pub(crate) fn run<F: Format>(
     // Few blocks: pack each image whole, in parallel, then split its output channels.
     let mut packed = vec![0u32; panels * panel_words];
     for img in 0..g.b {
-        let x = &x[img * image..(img + 1) * image];
-        let per_task = panels.div_ceil(threads);
+        let x = input(img);
+        // Small images packed on the calling thread (see SERIAL_ELEMS).
+        let per_task = if g.depth() * n <= SERIAL_ELEMS {
+            panels
+        } else {
+            panels.div_ceil(threads)
+        };
         let dst = SharedPtr(packed.as_mut_ptr());
         parallel_for(threads, panels.div_ceil(per_task), |t| {
             let p0 = t * per_task * NR;

@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
 use super::driver::{self, Format, OutTile, MR, NR};
-use super::quant::{interleave_u8, quantize_channel_s8, quantize_u8_slice, ActQuant};
+use super::quant::{interleave_u8, pack_u8, quantize_channel_s8, quantize_u8_slice, ActQuant};
 use super::{activate_scalar, has_vnni, Isa};
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
@@ -185,6 +185,10 @@ impl Format for Int8 {
 
     fn interleave(&self, rows: [&[u8]; 4], dst: &mut [u32]) {
         interleave_u8(rows, dst);
+    }
+
+    fn pack_f32(&self, rows: [&[f32]; 4], dst: &mut [u32]) {
+        pack_u8(rows, self.inv, dst);
     }
 
     unsafe fn tile(&self, x: &[u32], w: &[u32], out: OutTile, act: Epilogue) {

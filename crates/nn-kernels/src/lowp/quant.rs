@@ -189,6 +189,40 @@ pub(crate) fn interleave_u16(rows: [&[u16]; 2], dst: &mut [u32]) {
     tail.fill(0);
 }
 
+/// Packs four rows of `f32` activations (`rows[j][c]` is depth `4g + j` of column `c`,
+/// all of one length `cols <= dst.len()`) into the u8 words of one depth group:
+/// byte `j` of `dst[c]` is the code of `rows[j][c]`. Columns `cols..` get the zero
+/// point.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+pub(crate) fn pack_u8(rows: [&[f32]; 4], inv: f32, dst: &mut [u32]) {
+    let cols = rows[0].len();
+    let (head, tail) = dst.split_at_mut(cols);
+    let [r0, r1, r2, r3] = rows;
+    let (r1, r2, r3) = (&r1[..cols], &r2[..cols], &r3[..cols]);
+    for c in 0..cols {
+        head[c] = quantize_u8(r0[c], inv)
+            | quantize_u8(r1[c], inv) << 8
+            | quantize_u8(r2[c], inv) << 16
+            | quantize_u8(r3[c], inv) << 24;
+    }
+    tail.fill(0x8080_8080);
+}
+
+/// Packs two rows of `f32` activations into the bf16 words of one depth group: the low
+/// half of `dst[c]` is `rows[0][c]` rounded, the high half `rows[1][c]`. Columns
+/// `cols..` get zeros.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+pub(crate) fn pack_bf16(rows: [&[f32]; 2], dst: &mut [u32]) {
+    let cols = rows[0].len();
+    let (head, tail) = dst.split_at_mut(cols);
+    let [r0, r1] = rows;
+    let r1 = &r1[..cols];
+    for c in 0..cols {
+        head[c] = bf16_bits(r0[c]) | bf16_bits(r1[c]) << 16;
+    }
+    tail.fill(0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
