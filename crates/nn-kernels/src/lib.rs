@@ -44,8 +44,9 @@ pub use depthwise::{depthwise_conv2d, depthwise_conv2d_bias_act};
 pub use elementwise::{add_owned, bias_act, bias_act_owned};
 pub use epilogue::Epilogue;
 pub use lowp::{
-    bf16_round, conv2d_bf16_bias_act, conv2d_int8_bias_act, depthwise3x3_int8_bias_act, ActQuant,
-    Bf16ConvWeights, Int8ConvWeights, Int8DepthwiseWeights, Isa, INT8_MAX_DEPTH,
+    bf16_round, conv2d_bf16_bias_act, conv2d_int8_bias_act, conv2d_int8_simulated,
+    depthwise3x3_int8_bias_act, depthwise3x3_int8_simulated, ActQuant, Bf16ConvWeights,
+    Int8ConvWeights, Int8DepthwiseWeights, Isa, INT8_MAX_DEPTH,
 };
 pub use policy::{parse_switch, KernelPolicy, ParseSwitchError, Precision, Winograd};
 pub use pool::pool_threads;

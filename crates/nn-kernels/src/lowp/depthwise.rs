@@ -218,9 +218,7 @@ impl CustomOp1 for DepthwiseInt8<'_> {
 /// clamped), `i32` sums of the s8 taps, `act(sx sw[c] acc + bias[c])` written as `f32`
 /// (B, C, OH, OW). `bias` is (C,).
 ///
-/// On other devices it simulates the arithmetic with candle's operations (`x`
-/// quantised and dequantised, ties away from zero there; an `f32` grouped convolution
-/// with the dequantised weights): slow, for checking.
+/// On other devices it runs [`depthwise3x3_int8_simulated`]: slow, for checking.
 pub fn depthwise3x3_int8_bias_act(
     x: &Tensor,
     weights: &Int8DepthwiseWeights,
@@ -247,11 +245,7 @@ pub fn depthwise3x3_int8_bias_act(
         candle_core::bail!("int8 depthwise: bias of {} for {c} channels", bias_v.len());
     }
     if !x.device().is_cpu() {
-        let s = f64::from(x_quant.scale());
-        let xq = ((x.to_dtype(DType::F32)? / s)?.round()? + 128.0)?.clamp(0f32, 255f32)?;
-        let xq = ((xq - 128.0)? * s)?;
-        let y = xq.conv2d(&weights.dequantize(x.device())?, 1, stride, 1, c)?;
-        return bias_act(&y, bias, epilogue);
+        return depthwise3x3_int8_simulated(x, weights, x_quant, bias, stride, epilogue);
     }
     let op = DepthwiseInt8 {
         weights,
@@ -262,4 +256,22 @@ pub fn depthwise3x3_int8_bias_act(
         act: epilogue,
     };
     x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// The arithmetic of [`depthwise3x3_int8_bias_act`] simulated with candle's
+/// operations, on any device: `x` through [`ActQuant::fake_quantize`], an `f32`
+/// grouped convolution with the dequantised weights, then the bias and activation
+/// (what the function runs on other devices; a reference for tests).
+pub fn depthwise3x3_int8_simulated(
+    x: &Tensor,
+    weights: &Int8DepthwiseWeights,
+    x_quant: ActQuant,
+    bias: Option<&Tensor>,
+    stride: usize,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let c = weights.channels();
+    let xq = x_quant.fake_quantize(x)?;
+    let y = xq.conv2d(&weights.dequantize(x.device())?, 1, stride, 1, c)?;
+    bias_act(&y, bias, epilogue)
 }

@@ -359,12 +359,9 @@ impl CustomOp1 for Int8Conv<'_> {
 /// `act(sx sw[co] acc + bias[co])` is written as `f32` (B, C_out, OH, OW), so that
 /// layers exchange `f32` maps. `bias` is (C_out,).
 ///
-/// On the CPU this runs the VNNI kernel where the CPU has AVX512_VNNI and `isa` is
-/// [`Isa::Native`], else the portable one (same results, bit for bit). On other
-/// devices it simulates the arithmetic with candle's operations: `x` quantised and
-/// dequantised (ties rounded away from zero there), an `f32` convolution with
-/// [`Int8ConvWeights::dequantize`]d weights (copied to the device at each call), then
-/// the bias and activation: slow, for checking, not serving.
+/// On the CPU this runs the VNNI kernel where the CPU has AVX512_VNNI and `isa` is not
+/// [`Isa::Portable`], else the portable one (same results, bit for bit). On other
+/// devices it runs [`conv2d_int8_simulated`]: slow, for checking, not serving.
 pub fn conv2d_int8_bias_act(
     x: &Tensor,
     weights: &Int8ConvWeights,
@@ -387,11 +384,7 @@ pub fn conv2d_int8_bias_act(
         );
     }
     if !x.device().is_cpu() {
-        let s = f64::from(x_quant.scale());
-        let xq = ((x.to_dtype(DType::F32)? / s)?.round()? + 128.0)?.clamp(0f32, 255f32)?;
-        let xq = ((xq - 128.0)? * s)?;
-        let y = xq.conv2d(&weights.dequantize(x.device())?, padding, stride, 1, 1)?;
-        return bias_act(&y, bias, epilogue);
+        return conv2d_int8_simulated(x, weights, x_quant, bias, (stride, padding), epilogue);
     }
     let format = Int8::new(weights, x_quant, bias_v, isa);
     let op = Int8Conv {
@@ -401,6 +394,25 @@ pub fn conv2d_int8_bias_act(
         act: epilogue,
     };
     x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// The arithmetic of [`conv2d_int8_bias_act`] simulated with candle's operations, on
+/// any device: `x` through [`ActQuant::fake_quantize`], an `f32` convolution with the
+/// [`Int8ConvWeights::dequantize`]d weights (copied to `x`'s device at each call),
+/// then the bias and activation. The same codes as the kernel, summed in `f32` instead
+/// of `i32`: what [`conv2d_int8_bias_act`] runs on other devices (slow, for checking),
+/// and a reference for tests.
+pub fn conv2d_int8_simulated(
+    x: &Tensor,
+    weights: &Int8ConvWeights,
+    x_quant: ActQuant,
+    bias: Option<&Tensor>,
+    (stride, padding): (usize, usize),
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let xq = x_quant.fake_quantize(x)?;
+    let y = xq.conv2d(&weights.dequantize(x.device())?, padding, stride, 1, 1)?;
+    bias_act(&y, bias, epilogue)
 }
 
 /// The int8 convolution with an explicit thread count (for the tests of both

@@ -27,8 +27,10 @@ pub(crate) mod quant;
 mod tests;
 
 pub use bf16::{conv2d_bf16_bias_act, Bf16ConvWeights};
-pub use depthwise::{depthwise3x3_int8_bias_act, Int8DepthwiseWeights};
-pub use int8::{conv2d_int8_bias_act, Int8ConvWeights, INT8_MAX_DEPTH};
+pub use depthwise::{
+    depthwise3x3_int8_bias_act, depthwise3x3_int8_simulated, Int8DepthwiseWeights,
+};
+pub use int8::{conv2d_int8_bias_act, conv2d_int8_simulated, Int8ConvWeights, INT8_MAX_DEPTH};
 pub use quant::{bf16_round, ActQuant};
 
 /// Which micro-kernels the low-precision convolutions run: a plain argument, so that a

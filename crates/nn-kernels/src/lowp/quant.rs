@@ -2,7 +2,7 @@
 //! with its calibration helpers) and the s8 per-channel weight quantisation, plus the
 //! packing of `f32` rows into the 32-bit words the micro-kernels read.
 
-use candle_core::Result;
+use candle_core::{DType, Result, Tensor};
 use multiversion::multiversion;
 
 /// The bf16 bit pattern of `v` rounded to nearest, ties to even (NaN stays a quiet
@@ -111,6 +111,22 @@ impl ActQuant {
     /// The value code `q` stands for: `scale * (q - 128)`.
     pub fn dequantize(&self, q: u8) -> f32 {
         self.scale * (i32::from(q) - 128) as f32
+    }
+
+    /// `x` quantised and dequantised with candle's operations, on any device: the
+    /// values the int8 kernels multiply in place of `x`, `f32`, same shape. On the
+    /// CPU the codes are exactly the kernels' (the same `x * (1/scale) + 128`,
+    /// clamped, rounded half to even by adding and subtracting 2^23).
+    pub fn fake_quantize(&self, x: &Tensor) -> Result<Tensor> {
+        let (inv, s) = (f64::from(1.0 / self.scale), f64::from(self.scale));
+        const MAGIC: f64 = 8_388_608.0;
+        // t = clamp(x / s + 128, 0, 255), then q = round_half_even(t), then s (q - 128).
+        let t = x
+            .to_dtype(DType::F32)?
+            .affine(inv, 128.0)?
+            .clamp(0f32, 255f32)?;
+        let q = t.affine(1.0, MAGIC)?.affine(1.0, -MAGIC)?;
+        q.affine(1.0, -128.0)?.affine(s, 0.0)
     }
 }
 

@@ -319,3 +319,78 @@ fn int8_depthwise_matches_f32_within_the_quantisation_bound() {
     let xq = ActQuant::from_max_abs(1.0).unwrap();
     assert!(depthwise3x3_int8_bias_act(&x, &q, xq, None, 1, Epilogue::Identity).is_err());
 }
+
+#[test]
+fn simulated_int8_matches_the_kernels() {
+    let dev = Device::Cpu;
+    // fake_quantize gives the kernels' codes, exactly, ties and clamping included.
+    let xq = ActQuant::new(0.25).unwrap();
+    let x = Tensor::new(
+        &[0.125f32, 0.375, -0.125, 40.0, -40.0, 1.3, f32::MIN_POSITIVE],
+        &dev,
+    )
+    .unwrap();
+    let want: Vec<f32> = vec(&x)
+        .iter()
+        .map(|&v| xq.dequantize(xq.quantize(v)))
+        .collect();
+    assert_eq!(vec(&xq.fake_quantize(&x).unwrap()), want);
+    let x = Tensor::randn(0f32, 2., 5000, &dev).unwrap();
+    let want: Vec<f32> = vec(&x)
+        .iter()
+        .map(|&v| xq.dequantize(xq.quantize(v)))
+        .collect();
+    assert_eq!(vec(&xq.fake_quantize(&x).unwrap()), want);
+    // The same codes summed in f32 (candle) and in i32 (the kernels): within the f32
+    // sums' rounding, (K + 2) 2^-23 Σ|x̂||ŵ|, and the epilogue's.
+    let xq = ActQuant::from_max_abs(2.0).unwrap();
+    for &(b, cin, h, w, cout, k, s, p) in &CASES[..8] {
+        let x = Tensor::randn(0f32, 1., (b, cin, h, w), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1., cout, &dev).unwrap();
+        let q = Int8ConvWeights::quantize(&wt).unwrap();
+        let act = Epilogue::Leaky(0.1);
+        let want = conv2d_int8_simulated(&x, &q, xq, Some(&bias), (s, p), act).unwrap();
+        let got = conv2d_int8_bias_act(&x, &q, xq, Some(&bias), (s, p), act, Isa::Native);
+        let (xh, wh) = (xq.fake_quantize(&x).unwrap(), q.dequantize(&dev).unwrap());
+        let abs = xh
+            .abs()
+            .unwrap()
+            .conv2d(&wh.abs().unwrap(), p, s, 1, 1)
+            .unwrap();
+        let depth = (cin * k * k) as f32;
+        let pre = vec(&(want.abs().unwrap() + bias_like(&want, &bias)).unwrap());
+        let tol: Vec<f32> = vec(&abs)
+            .iter()
+            .zip(pre)
+            .map(|(a, y)| a * (depth + 2.0) * 2f32.powi(-23) + y * 2f32.powi(-21))
+            .collect();
+        let what = format!("simulated int8 {b}x{cin}x{h}x{w} k{k} s{s}");
+        check(&vec(&got.unwrap()), &vec(&want), &tol, &what);
+    }
+    let x = Tensor::randn(0f32, 1., (2, 7, 9, 11), &dev).unwrap();
+    let wt = Tensor::randn(0f32, 0.5, (7, 1, 3, 3), &dev).unwrap();
+    let q = Int8DepthwiseWeights::quantize(&wt).unwrap();
+    for s in [1, 2] {
+        let act = Epilogue::Relu6;
+        let want = depthwise3x3_int8_simulated(&x, &q, xq, None, s, act).unwrap();
+        let got = depthwise3x3_int8_bias_act(&x, &q, xq, None, s, act).unwrap();
+        let (xh, wh) = (xq.fake_quantize(&x).unwrap(), q.dequantize(&dev).unwrap());
+        let abs = xh
+            .abs()
+            .unwrap()
+            .conv2d(&wh.abs().unwrap(), 1, s, 1, 7)
+            .unwrap();
+        let tol: Vec<f32> = vec(&abs)
+            .iter()
+            .zip(vec(&want))
+            .map(|(a, y)| a * 11.0 * 2f32.powi(-23) + y.abs() * 2f32.powi(-21))
+            .collect();
+        check(
+            &vec(&got),
+            &vec(&want),
+            &tol,
+            &format!("simulated depthwise s{s}"),
+        );
+    }
+}
