@@ -10,11 +10,12 @@
 //! - [`bias_act`], [`bias_act_owned`], [`add_owned`]: element-wise passes, in place
 //!   where the tensor may be overwritten.
 //! - Low precision (`lowp`): [`conv2d_bf16_bias_act`] with [`Bf16ConvWeights`] (bf16
-//!   operands, `f32` sums; AVX512_BF16), [`conv2d_int8_bias_act`] with
+//!   operands, `f32` sums; AVX-512 FMA or AVX512_BF16), [`conv2d_int8_bias_act`] with
 //!   [`Int8ConvWeights`] and [`depthwise3x3_int8_bias_act`] with
 //!   [`Int8DepthwiseWeights`] (u8 x s8, `i32` sums; AVX512_VNNI), the activation scale
-//!   an [`ActQuant`] from calibration. `f32` maps in and out; [`Isa`] picks the SIMD
-//!   or the portable micro-kernels.
+//!   an [`ActQuant`] from calibration; [`conv2d_int8_simulated`] and
+//!   [`depthwise3x3_int8_simulated`], the same arithmetic in candle's ops (any device).
+//!   `f32` maps in and out; [`Isa`] picks the SIMD or the portable micro-kernels.
 //! - [`KernelPolicy`]: which fast paths run, chosen by the caller for each call (a
 //!   model holds one from its configuration), and [`Precision`], the arithmetic a
 //!   model's convolutions run in. Nothing here reads the environment.

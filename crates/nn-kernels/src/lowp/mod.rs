@@ -5,8 +5,8 @@
 //! can be mixed: the input is rounded (bf16) or quantised (u8) while it is packed for
 //! the micro-kernel, and the epilogue (scales, bias, activation) writes `f32`.
 //!
-//! - [`bf16`]: [`Bf16ConvWeights`] and [`conv2d_bf16_bias_act`] (`vdpbf16ps` on
-//!   AVX512_BF16);
+//! - [`bf16`]: [`Bf16ConvWeights`] and [`conv2d_bf16_bias_act`] (FMAs on the operands
+//!   widened to `f32` with AVX-512F, or `vdpbf16ps` with AVX512_BF16);
 //! - [`int8`]: [`Int8ConvWeights`] and [`conv2d_int8_bias_act`] (`vpdpbusd` on
 //!   AVX512_VNNI), the activation scale an [`ActQuant`] from calibration ([`quant`]);
 //! - [`depthwise`]: [`Int8DepthwiseWeights`] and [`depthwise3x3_int8_bias_act`];
