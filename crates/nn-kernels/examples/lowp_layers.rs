@@ -75,8 +75,8 @@ fn main() -> candle_core::Result<()> {
         (960, 13, 320, 1, 1),
     ];
     println!(
-        "isa: {isa:?} (int8 VNNI kernel: {}, bf16 kernel: {})",
-        isa.int8_simd(),
+        "isa: {isa:?} (int8 kernel: {}, bf16 kernel: {})",
+        isa.int8_kernel(),
         isa.bf16_kernel()
     );
     println!(

@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, T
 
 use super::driver::{self, Format, OutTile, MR, NR};
 use super::quant::{interleave_u8, pack_u8, quantize_channel_s8, quantize_u8_slice, ActQuant};
-use super::{activate_scalar, has_vnni, Isa};
+use super::{activate_scalar, has_avx_vnni, has_vnni, Isa};
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
 use crate::pool::pool_threads;
@@ -156,19 +156,53 @@ struct Int8 {
     comp: Vec<i32>,
     /// (C_out,)
     bias: Vec<f32>,
-    /// The VNNI micro-kernel (else the portable one).
-    vnni: bool,
+    kernel: Kernel,
+}
+
+/// The int8 micro-kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// Plain Rust (auto-vectorised).
+    Portable,
+    /// `vpdpbusd` on 512-bit registers (AVX-512F, BW and VNNI).
+    Avx512Vnni,
+    /// `vpdpbusd` on 256-bit registers (AVX2 and AVX-VNNI: client CPUs without
+    /// AVX-512).
+    AvxVnni,
+}
+
+impl Kernel {
+    /// The kernel `isa` asks for on this CPU: the widest VNNI it has unless
+    /// [`Isa::Portable`].
+    pub(crate) fn choose(isa: Isa) -> Self {
+        match isa {
+            Isa::Portable => Kernel::Portable,
+            _ if has_vnni() => Kernel::Avx512Vnni,
+            _ if has_avx_vnni() => Kernel::AvxVnni,
+            _ => Kernel::Portable,
+        }
+    }
+
+    /// The kernel's name, for logs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::AvxVnni => "avx-vnni",
+        }
+    }
 }
 
 impl Int8 {
-    /// The format of one call: input quantisation `x_quant`, `bias` (C_out,).
-    fn new(weights: &Int8ConvWeights, x_quant: ActQuant, bias: Vec<f32>, isa: Isa) -> Self {
+    /// The format of one call: input quantisation `x_quant`, `bias` (C_out,), on
+    /// micro-kernel `kernel` (which this CPU must run).
+    fn new(weights: &Int8ConvWeights, x_quant: ActQuant, bias: Vec<f32>, kernel: Kernel) -> Self {
         Self {
             inv: 1.0 / x_quant.scale(),
             scale: weights.scales.iter().map(|s| x_quant.scale() * s).collect(),
             comp: weights.row_sums.iter().map(|s| 128 * s).collect(),
             bias,
-            vnni: isa != Isa::Portable && has_vnni(),
+            kernel,
         }
     }
 }
@@ -200,10 +234,14 @@ impl Format for Int8 {
             act,
         };
         #[cfg(target_arch = "x86_64")]
-        if self.vnni {
-            // SAFETY: `vnni` is only set where the CPU has AVX-512F/BW/VNNI; the
-            // caller's contract covers `out`.
-            return unsafe { vnni::tile(x, w, out, &ep) };
+        match self.kernel {
+            // SAFETY: Avx512Vnni is only chosen where the CPU has AVX-512F/BW/VNNI;
+            // the caller's contract covers `out`.
+            Kernel::Avx512Vnni => return unsafe { vnni::tile(x, w, out, &ep) },
+            // SAFETY: AvxVnni is only chosen where the CPU has AVX2 and AVX-VNNI; as
+            // above.
+            Kernel::AvxVnni => return unsafe { avx_vnni::tile(x, w, out, &ep) },
+            Kernel::Portable => {}
         }
         // SAFETY: the caller's contract covers `out`.
         unsafe { tile_portable(x, w, out, &ep) }
@@ -317,6 +355,92 @@ mod vnni {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx_vnni {
+    use std::arch::x86_64::{
+        __m256, __m256i, _mm256_add_ps, _mm256_cvtepi32_ps, _mm256_dpbusd_avx_epi32,
+        _mm256_loadu_si256, _mm256_max_ps, _mm256_min_ps, _mm256_mul_ps, _mm256_set1_epi32,
+        _mm256_set1_ps, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_storeu_ps,
+        _mm256_sub_epi32,
+    };
+
+    use super::{OutTile, TileEpilogue, MR, NR};
+    use crate::epilogue::Epilogue;
+
+    /// `act` on 8 lanes, as [`TileEpilogue::apply`].
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn activate(t: __m256, act: Epilogue) -> __m256 {
+        match act {
+            Epilogue::Identity => t,
+            Epilogue::Relu6 => {
+                _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(6.0))
+            }
+            Epilogue::Leaky(s) => _mm256_max_ps(t, _mm256_mul_ps(t, _mm256_set1_ps(s))),
+        }
+    }
+
+    /// The AVX-VNNI micro-kernel, for CPUs with 16 vector registers: the 8 x 48 tile
+    /// as four sub-tiles of 4 channels x 24 columns (12 `i32` accumulators), each over
+    /// the whole depth: per depth group three loads of 8 columns x 4 codes and, per
+    /// channel, a broadcast of its four weights into three `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`super::Format::tile`]; the CPU must have AVX2 and AVX-VNNI.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn tile(x: &[u32], w: &[u32], out: OutTile, ep: &TileEpilogue) {
+        let groups = w.len() / MR;
+        assert!(x.len() >= groups * NR);
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        for r0 in (0..out.rows).step_by(4) {
+            for c0 in (0..out.cols).step_by(24) {
+                let mut acc = [[_mm256_setzero_si256(); 3]; 4];
+                for g in 0..groups {
+                    let xv: [__m256i; 3] = std::array::from_fn(|v| {
+                        // SAFETY: words g * NR + c0 + 8v.. + 8 of x exist (c0 + 8v + 8
+                        // <= NR, asserted length).
+                        unsafe { _mm256_loadu_si256(xp.add(g * NR + c0 + 8 * v).cast()) }
+                    });
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: g * MR + r0 + r < groups * MR = w.len() (r0 + r < 8).
+                        let wv = _mm256_set1_epi32(unsafe { *wp.add(g * MR + r0 + r) } as i32);
+                        for (a, &xv) in acc.iter_mut().zip(&xv) {
+                            *a = _mm256_dpbusd_avx_epi32(*a, xv, wv);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate().take(out.rows - r0) {
+                    let row = r0 + r;
+                    let comp = _mm256_set1_epi32(ep.comp[row]);
+                    let (scale, bias) =
+                        (_mm256_set1_ps(ep.scale[row]), _mm256_set1_ps(ep.bias[row]));
+                    for (v, &a) in acc.iter().enumerate() {
+                        let col = c0 + 8 * v;
+                        let lanes = out.cols.saturating_sub(col).min(8);
+                        if lanes == 0 {
+                            break;
+                        }
+                        let t = _mm256_cvtepi32_ps(_mm256_sub_epi32(a, comp));
+                        let t = activate(_mm256_add_ps(_mm256_mul_ps(t, scale), bias), ep.act);
+                        let mut lane = [0f32; 8];
+                        // SAFETY: `lane` holds 8 floats.
+                        unsafe { _mm256_storeu_ps(lane.as_mut_ptr(), t) };
+                        // SAFETY: columns col..col + lanes of this row lie inside the
+                        // tile (the caller's contract).
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out.ptr.add(row * out.stride + col),
+                                lanes,
+                            )
+                        };
+                        dst.copy_from_slice(&lane[..lanes]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The fused int8 op on a CPU input: `x -> act(conv_int8(x) + bias)`.
 struct Int8Conv<'a> {
     weights: &'a Int8ConvWeights,
@@ -386,7 +510,7 @@ pub fn conv2d_int8_bias_act(
     if !x.device().is_cpu() {
         return conv2d_int8_simulated(x, weights, x_quant, bias, (stride, padding), epilogue);
     }
-    let format = Int8::new(weights, x_quant, bias_v, isa);
+    let format = Int8::new(weights, x_quant, bias_v, Kernel::choose(isa));
     let op = Int8Conv {
         weights,
         geom: g,
@@ -427,10 +551,10 @@ pub(crate) fn conv_int8_threads(
     bias: &[f32],
     (stride, padding): (usize, usize),
     act: Epilogue,
-    (isa, threads): (Isa, usize),
+    (kernel, threads): (Kernel, usize),
 ) -> Vec<f32> {
     let g = driver::geometry(dims, weights.dims, stride, padding).unwrap();
-    let format = Int8::new(weights, x_quant, bias.to_vec(), isa);
+    let format = Int8::new(weights, x_quant, bias.to_vec(), kernel);
     let len = g.b * g.cout * g.positions();
     let mut out = vec![MaybeUninit::new(f32::NAN); len];
     driver::run(&format, &g, x, &weights.packed, act, &mut out, threads);

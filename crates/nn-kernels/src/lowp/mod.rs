@@ -38,7 +38,7 @@ pub use quant::{bf16_round, ActQuant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Isa {
     /// The fastest SIMD kernels this CPU has (detected once per process): `vpdpbusd`
-    /// (AVX512_VNNI) for int8; for bf16, fused multiply-adds on the operands widened to
+    /// for int8 (AVX512_VNNI, else AVX-VNNI on 256-bit registers); for bf16, fused multiply-adds on the operands widened to
     /// `f32` (AVX-512F), twice as fast as `vdpbf16ps` on the Xeons measured. The
     /// portable kernels where the CPU lacks the instructions.
     #[default]
@@ -51,10 +51,10 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// Whether the int8 kernels run the AVX512_VNNI micro-kernel under this choice on
-    /// this CPU (for logs and benchmarks).
-    pub fn int8_simd(self) -> bool {
-        self != Isa::Portable && has_vnni()
+    /// The int8 micro-kernel this choice runs on this CPU (for logs and benchmarks):
+    /// `"avx512-vnni"`, `"avx-vnni"` or `"portable"`.
+    pub fn int8_kernel(self) -> &'static str {
+        int8::Kernel::choose(self).name()
     }
 
     /// The bf16 micro-kernel this choice runs on this CPU: `"vdpbf16ps"`, `"fma"` or
@@ -75,6 +75,23 @@ pub(crate) fn has_avx512f() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Whether this CPU runs the 256-bit VNNI int8 micro-kernel (AVX2 and AVX-VNNI; asked
+/// once per process).
+pub(crate) fn has_avx_vnni() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("avxvnni")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 
 use super::bf16::conv_bf16_threads;
-use super::int8::conv_int8_threads;
+use super::int8::{conv_int8_threads, Kernel};
 use super::*;
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
@@ -197,12 +197,12 @@ fn simd_and_portable_kernels_agree_on_every_schedule() {
         let xq = ActQuant::from_max_abs(1.0).unwrap();
         let w8 = Int8ConvWeights::quantize(&wt).unwrap();
         let w16 = Bf16ConvWeights::new(&wt).unwrap();
-        let int8 = |isa, threads| {
-            conv_int8_threads(&xv, dims, &w8, xq, &bias, (s, p), act, (isa, threads))
+        let int8 = |kernel, threads| {
+            conv_int8_threads(&xv, dims, &w8, xq, &bias, (s, p), act, (kernel, threads))
         };
         let bf16 =
             |isa, threads| conv_bf16_threads(&xv, dims, &w16, &bias, (s, p), act, (isa, threads));
-        let want8 = int8(Isa::Portable, 1);
+        let want8 = int8(Kernel::Portable, 1);
         let want16 = bf16(Isa::Portable, 1);
         assert!(want8.iter().chain(&want16).all(|v| v.is_finite()));
         // Σ|x̂||ŵ| bounds the accumulation-order difference of the bf16 kernels.
@@ -212,12 +212,21 @@ fn simd_and_portable_kernels_agree_on_every_schedule() {
             .conv2d(&wt.abs().unwrap(), p, s, 1, 1)
             .unwrap());
         let depth = (cin * k * k) as f32;
+        // Every int8 kernel this CPU runs.
+        let kernels: Vec<Kernel> = [
+            (Kernel::Portable, true),
+            (Kernel::Avx512Vnni, has_vnni()),
+            (Kernel::AvxVnni, has_avx_vnni()),
+        ]
+        .into_iter()
+        .filter_map(|(k, on)| on.then_some(k))
+        .collect();
         for threads in [1, 2, 3] {
+            for &kernel in &kernels {
+                let got = int8(kernel, threads);
+                assert!(got == want8, "int8 {kernel:?} {threads} threads");
+            }
             for isa in [Isa::Native, Isa::Bf16Dot, Isa::Portable] {
-                assert!(
-                    int8(isa, threads) == want8,
-                    "int8 {isa:?} {threads} threads"
-                );
                 let got = bf16(isa, threads);
                 let mut exact = 0;
                 for ((g, w), a) in got.iter().zip(&want16).zip(&abs) {
