@@ -12,10 +12,11 @@
 //! - Low precision (`lowp`): [`conv2d_bf16_bias_act`] with [`Bf16ConvWeights`] (bf16
 //!   operands, `f32` sums; AVX-512 FMA or AVX512_BF16), [`conv2d_int8_bias_act`] with
 //!   [`Int8ConvWeights`] and [`depthwise3x3_int8_bias_act`] with
-//!   [`Int8DepthwiseWeights`] (u8 x s8, `i32` sums; AVX512_VNNI), the activation scale
-//!   an [`ActQuant`] from calibration; [`conv2d_int8_simulated`] and
-//!   [`depthwise3x3_int8_simulated`], the same arithmetic in candle's ops (any device).
-//!   `f32` maps in and out; [`Isa`] picks the SIMD or the portable micro-kernels.
+//!   [`Int8DepthwiseWeights`] (u8 x s8, `i32` sums; AVX512_VNNI or AVX-VNNI), the
+//!   activation scale an [`ActQuant`] from calibration ([`RangeObserver`]);
+//!   [`conv2d_int8_simulated`] and [`depthwise3x3_int8_simulated`], the same arithmetic
+//!   in candle's ops (any device). `f32` maps in and out; [`Isa`] picks the SIMD or the
+//!   portable micro-kernels.
 //! - [`KernelPolicy`]: which fast paths run, chosen by the caller for each call (a
 //!   model holds one from its configuration), and [`Precision`], the arithmetic a
 //!   model's convolutions run in. Nothing here reads the environment.
@@ -47,7 +48,7 @@ pub use epilogue::Epilogue;
 pub use lowp::{
     bf16_round, conv2d_bf16_bias_act, conv2d_int8_bias_act, conv2d_int8_simulated,
     depthwise3x3_int8_bias_act, depthwise3x3_int8_simulated, ActQuant, Bf16ConvWeights,
-    Int8ConvWeights, Int8DepthwiseWeights, Isa, INT8_MAX_DEPTH,
+    Int8ConvWeights, Int8DepthwiseWeights, Isa, RangeObserver, INT8_MAX_DEPTH,
 };
 pub use policy::{parse_switch, KernelPolicy, ParseSwitchError, Precision, Winograd};
 pub use pool::pool_threads;

@@ -31,7 +31,7 @@ pub use depthwise::{
     depthwise3x3_int8_bias_act, depthwise3x3_int8_simulated, Int8DepthwiseWeights,
 };
 pub use int8::{conv2d_int8_bias_act, conv2d_int8_simulated, Int8ConvWeights, INT8_MAX_DEPTH};
-pub use quant::{bf16_round, ActQuant};
+pub use quant::{bf16_round, ActQuant, RangeObserver};
 
 /// Which micro-kernels the low-precision convolutions run: a plain argument, so that a
 /// test can compare the two paths in one process.

@@ -130,6 +130,113 @@ impl ActQuant {
     }
 }
 
+/// Streaming calibration of one layer's input: the largest magnitude seen and a
+/// histogram of magnitudes, fed batch by batch ([`RangeObserver::observe`]) while the
+/// calibration images run through the `f32` model, then read as an [`ActQuant`] by
+/// min-max or by percentile, in constant memory.
+///
+/// The histogram has [`RangeObserver::BINS`] bins over `[0, top)`, `top` a power of two
+/// that doubles (merging bins in pairs) whenever a larger value arrives, so a
+/// percentile is read to within one bin, `top / BINS`, above the exact one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeObserver {
+    max_abs: f32,
+    top: f32,
+    bins: Vec<u64>,
+}
+
+impl Default for RangeObserver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RangeObserver {
+    /// Bins of the histogram.
+    pub const BINS: usize = 2048;
+
+    /// An observer that has seen nothing.
+    pub fn new() -> Self {
+        Self {
+            max_abs: 0.0,
+            top: 0.0,
+            bins: vec![0; Self::BINS],
+        }
+    }
+
+    /// Adds `values` (NaNs and infinities are skipped).
+    pub fn observe(&mut self, values: &[f32]) {
+        let m = values
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0f32, |m, v| m.max(v.abs()));
+        if m == 0.0 && self.top == 0.0 {
+            // Only zeros so far: they all go to bin 0 once a range exists.
+            self.bins[0] += values.iter().filter(|v| v.is_finite()).count() as u64;
+            return;
+        }
+        self.max_abs = self.max_abs.max(m);
+        if self.top == 0.0 {
+            self.top = 2f32.powi(m.log2().floor() as i32 + 1);
+        }
+        while self.max_abs >= self.top {
+            // Double the range: bins 2i and 2i + 1 become bin i.
+            for i in 0..Self::BINS / 2 {
+                self.bins[i] = self.bins[2 * i] + self.bins[2 * i + 1];
+            }
+            self.bins[Self::BINS / 2..].fill(0);
+            self.top *= 2.0;
+        }
+        let per = Self::BINS as f32 / self.top;
+        for v in values.iter().filter(|v| v.is_finite()) {
+            let b = ((v.abs() * per) as usize).min(Self::BINS - 1);
+            self.bins[b] += 1;
+        }
+    }
+
+    /// Adds the values of a tensor (any shape, dtype and device; copied to the host).
+    pub fn observe_tensor(&mut self, t: &Tensor) -> Result<()> {
+        let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        self.observe(&v);
+        Ok(())
+    }
+
+    /// Values seen (finite ones).
+    pub fn count(&self) -> u64 {
+        self.bins.iter().sum()
+    }
+
+    /// The largest magnitude seen.
+    pub fn max_abs(&self) -> f32 {
+        self.max_abs
+    }
+
+    /// Min-max calibration: [`ActQuant::from_max_abs`] of the largest magnitude seen.
+    pub fn min_max(&self) -> Result<ActQuant> {
+        ActQuant::from_max_abs(self.max_abs)
+    }
+
+    /// Percentile calibration: the range holds `percentile`% (0..=100) of the
+    /// magnitudes seen, read from the histogram (the upper edge of the bin where that
+    /// share is reached, at most the largest magnitude).
+    pub fn percentile(&self, percentile: f32) -> Result<ActQuant> {
+        if !(0.0..=100.0).contains(&percentile) {
+            candle_core::bail!("percentile must be in 0..=100, got {percentile}");
+        }
+        let total = self.count();
+        let want = (f64::from(percentile) / 100.0 * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, &n) in self.bins.iter().enumerate() {
+            seen += n;
+            if seen >= want.max(1) {
+                let edge = (i + 1) as f32 * self.top / Self::BINS as f32;
+                return ActQuant::from_max_abs(edge.min(self.max_abs));
+            }
+        }
+        ActQuant::from_max_abs(self.max_abs)
+    }
+}
+
 /// `clamp(round(x * inv) + 128, 0, 255)` as the low byte of the result: the addition of
 /// 2^23 rounds to an integer (to nearest even) in every lane without a rounding
 /// instruction, so this vectorises on any x86-64 (NaN gives 0).
@@ -298,6 +405,33 @@ mod tests {
             ActQuant::from_range(-1.0, 3.0).unwrap(),
             ActQuant::from_max_abs(3.0).unwrap()
         );
+    }
+
+    #[test]
+    fn range_observer() {
+        let mut o = RangeObserver::new();
+        assert!(o.min_max().is_err());
+        o.observe(&[0.0, 0.0]);
+        // 1..=1000 in two batches (the range doubles on the way), one NaN skipped.
+        o.observe(&(1..=10).map(|i| i as f32).collect::<Vec<_>>());
+        o.observe(
+            &(11..=1000)
+                .map(|i| -(i as f32))
+                .chain([f32::NAN])
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(o.count(), 1002);
+        assert_eq!(o.max_abs(), 1000.0);
+        assert_eq!(
+            o.min_max().unwrap(),
+            ActQuant::from_max_abs(1000.0).unwrap()
+        );
+        // The 99th percentile of |v| is 990 (rank 992 of 1002 with the two zeros):
+        // read to within one bin (1024 / 2048) above.
+        let m = o.percentile(99.0).unwrap().scale() * 127.0;
+        assert!((990.0..=990.5 + 1e-3).contains(&m), "{m}");
+        assert_eq!(o.percentile(100.0).unwrap(), o.min_max().unwrap());
+        assert!(o.percentile(-1.0).is_err());
     }
 
     #[test]
