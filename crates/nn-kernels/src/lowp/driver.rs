@@ -344,6 +344,9 @@ pub(crate) fn run<F: Format>(
     assert_eq!(out.len(), g.b * g.cout * n);
     assert_eq!(x.len(), g.b * g.cin * g.h * g.w);
     assert_eq!(wp.len(), co_panels * groups * MR);
+    if out.is_empty() {
+        return;
+    }
     let threads = threads.max(1);
     let image = g.cin * g.h * g.w;
     // The input rounded or quantised once, in parallel: (B, C_in, H, W); pointwise
@@ -451,6 +454,9 @@ pub(crate) fn geometry(
         candle_core::bail!(
             "conv: weight ({cout}, {wcin}, {kh}, {kw}) does not fit an input with {cin} channels"
         );
+    }
+    if cin == 0 || kh == 0 || kw == 0 {
+        candle_core::bail!("conv: empty kernel ({cout}, {wcin}, {kh}, {kw})");
     }
     if stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
         candle_core::bail!(

@@ -279,7 +279,33 @@ fn int8_weights_round_trip_and_clamp() {
     assert!((y[0] - 1.0).abs() < 1e-6, "{y:?}");
     assert!((y[1] + 128.0 * step).abs() < 1e-6, "{y:?}");
     assert!((y[2] - 32.0 * step).abs() < 1e-6, "{y:?}"); // 31.75 steps
-                                                         // Shape errors.
+                                                         // Empty batches and layers without outputs; no input channels is an error.
+    let xq = ActQuant::from_max_abs(1.0).unwrap();
+    let w0 = Int8ConvWeights::quantize(
+        &Tensor::zeros((0, 5, 3, 3), candle_core::DType::F32, &dev).unwrap(),
+    )
+    .unwrap();
+    for (x, w, dims) in [
+        (
+            Tensor::zeros((0, 5, 6, 6), candle_core::DType::F32, &dev).unwrap(),
+            &q,
+            [0, 7, 6, 6],
+        ),
+        (
+            Tensor::zeros((2, 5, 6, 6), candle_core::DType::F32, &dev).unwrap(),
+            &w0,
+            [2, 0, 6, 6],
+        ),
+    ] {
+        let y = conv2d_int8_bias_act(&x, w, xq, None, (1, 1), Epilogue::Identity, Isa::Native);
+        assert_eq!(y.unwrap().dims(), dims);
+    }
+    let wz = Tensor::zeros((4, 0, 3, 3), candle_core::DType::F32, &dev).unwrap();
+    let x = Tensor::zeros((1, 0, 6, 6), candle_core::DType::F32, &dev).unwrap();
+    let w16 = Bf16ConvWeights::new(&wz).unwrap();
+    let r = conv2d_bf16_bias_act(&x, &w16, None, (1, 1), Epilogue::Identity, Isa::Native);
+    assert!(r.is_err());
+    // Shape errors.
     let x = Tensor::zeros((1, 4, 6, 6), candle_core::DType::F32, &dev).unwrap();
     let r = conv2d_int8_bias_act(&x, &q, xq, None, (1, 1), Epilogue::Identity, Isa::Native);
     assert!(r.is_err());
