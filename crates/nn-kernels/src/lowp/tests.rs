@@ -429,3 +429,34 @@ fn simulated_int8_matches_the_kernels() {
         );
     }
 }
+
+#[test]
+fn non_contiguous_inputs_give_the_same_maps() {
+    let dev = Device::Cpu;
+    // (B, H, C, W) transposed to (B, C, H, W): not contiguous.
+    let x = Tensor::randn(0f32, 1., (2, 9, 6, 11), &dev)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap();
+    assert!(!x.is_contiguous());
+    let xc = x.contiguous().unwrap();
+    let wt = Tensor::randn(0f32, 0.3, (5, 6, 3, 3), &dev).unwrap();
+    let xq = ActQuant::from_max_abs(3.0).unwrap();
+    let (w8, w16) = (
+        Int8ConvWeights::quantize(&wt).unwrap(),
+        Bf16ConvWeights::new(&wt).unwrap(),
+    );
+    let act = Epilogue::Relu6;
+    let int8 = |x: &Tensor| {
+        vec(&conv2d_int8_bias_act(x, &w8, xq, None, (2, 1), act, Isa::Native).unwrap())
+    };
+    let bf16 =
+        |x: &Tensor| vec(&conv2d_bf16_bias_act(x, &w16, None, (1, 1), act, Isa::Native).unwrap());
+    assert!(int8(&x) == int8(&xc));
+    assert!(bf16(&x) == bf16(&xc));
+    let dw = Int8DepthwiseWeights::quantize(&Tensor::randn(0f32, 0.5, (6, 1, 3, 3), &dev).unwrap())
+        .unwrap();
+    let depthwise =
+        |x: &Tensor| vec(&depthwise3x3_int8_bias_act(x, &dw, xq, None, 2, act).unwrap());
+    assert!(depthwise(&x) == depthwise(&xc));
+}
