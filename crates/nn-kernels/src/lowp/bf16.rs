@@ -21,7 +21,9 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::driver::{self, Format, OutTile, MR, NR};
-use super::quant::{bf16_bits, bf16_slice, bf16_value, interleave_u16, pack_bf16};
+use super::quant::{
+    bf16_bits, bf16_slice, bf16_value, deinterleave_u16, interleave_u16, pack_bf16,
+};
 use super::{activate_scalar, has_avx512_bf16, has_avx512f, Isa};
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
@@ -129,6 +131,10 @@ impl Format for Bf16 {
 
     fn interleave(&self, rows: [&[u16]; 4], dst: &mut [u32]) {
         interleave_u16([rows[0], rows[1]], dst);
+    }
+
+    fn deinterleave(row: &[u16], even: &mut [u16], odd: &mut [u16]) {
+        deinterleave_u16(row, even, odd);
     }
 
     fn pack_f32(&self, rows: [&[f32]; 4], dst: &mut [u32]) {

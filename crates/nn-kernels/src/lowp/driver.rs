@@ -73,6 +73,10 @@ pub(crate) trait Format: Sync {
     /// `cols..`.
     fn interleave(&self, rows: [&[Self::Elem]; 4], dst: &mut [u32]);
 
+    /// Splits `row` into its even elements (`even[i] = row[2i]`, all `ceil(len / 2)`)
+    /// and its odd ones (`odd[i] = row[2i + 1]`).
+    fn deinterleave(row: &[Self::Elem], even: &mut [Self::Elem], odd: &mut [Self::Elem]);
+
     /// [`Format::convert`] and [`Format::interleave`] in one pass, from `f32` rows (for
     /// pointwise convolutions, which read each input value once).
     fn pack_f32(&self, rows: [&[f32]; 4], dst: &mut [u32]);
@@ -109,7 +113,7 @@ fn pack_cols<F: Format>(
         let chans = ch0..(ch0 + chunk).min(g.cin);
         let (k0, nrows) = (ch0 * kk, chans.len() * kk);
         let buf = &mut scratch[..nrows * ncols];
-        im2col(g, x, (p0, ncols), buf, chans, F::PAD);
+        im2col::<F>(g, x, (p0, ncols), buf, chans);
         let buf = &*buf;
         let range = k0 / F::GROUP..(k0 + nrows).div_ceil(F::GROUP);
         let row = |r: usize, c0: usize, cols: usize| &buf[(r - k0) * ncols + c0..][..cols];
@@ -157,17 +161,17 @@ enum Input<'a, T> {
 /// The im2col rows of the input channels `channels` of one image `x` (C_in, H, W), at
 /// the output columns `p0..p0 + nt`, into `buf` (channels.len() * KH * KW, nt); `pad`
 /// for the taps outside the image ([`Geom::im2col_channels`] on any element type).
-fn im2col<T: Copy>(
+fn im2col<F: Format>(
     g: &Geom,
-    x: &[T],
+    x: &[F::Elem],
     (p0, nt): (usize, usize),
-    buf: &mut [T],
+    buf: &mut [F::Elem],
     channels: std::ops::Range<usize>,
-    pad: T,
 ) {
     let (h, w, s, p) = (g.h, g.w, g.stride, g.pad);
+    let pad = F::PAD;
     if s == 2 {
-        return im2col_stride2(g, x, (p0, nt), buf, channels, pad);
+        return im2col_stride2::<F>(g, x, (p0, nt), buf, channels);
     }
     let c0 = channels.start;
     for ci in channels {
@@ -204,15 +208,15 @@ fn im2col<T: Copy>(
 /// [`im2col`] for stride 2: each input row is split once into its even and odd
 /// columns, from which every tap's run is one contiguous copy (as
 /// [`Geom::im2col_channels_stride2`]).
-fn im2col_stride2<T: Copy>(
+fn im2col_stride2<F: Format>(
     g: &Geom,
-    x: &[T],
+    x: &[F::Elem],
     (p0, nt): (usize, usize),
-    buf: &mut [T],
+    buf: &mut [F::Elem],
     channels: std::ops::Range<usize>,
-    pad: T,
 ) {
     let (h, w, p) = (g.h, g.w, g.pad);
+    let pad = F::PAD;
     let c0 = channels.start;
     // phases[..half] = row[0], row[2], ...; phases[half..] = row[1], row[3], ...
     let half = w.div_ceil(2);
@@ -225,14 +229,7 @@ fn im2col_stride2<T: Copy>(
                 if let Some(iy) = iy {
                     let row = &plane[iy * w..(iy + 1) * w];
                     let (even, odd) = phases.split_at_mut(half);
-                    let pairs = row.chunks_exact(2);
-                    if let [last] = pairs.remainder() {
-                        even[half - 1] = *last;
-                    }
-                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
+                    F::deinterleave(row, even, odd);
                 }
                 for kx in 0..g.kw {
                     let r = ((ci - c0) * g.kh + ky) * g.kw + kx;

@@ -17,7 +17,9 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
 use super::driver::{self, Format, OutTile, MR, NR};
-use super::quant::{interleave_u8, pack_u8, quantize_channel_s8, quantize_u8_slice, ActQuant};
+use super::quant::{
+    deinterleave_u8, interleave_u8, pack_u8, quantize_channel_s8, quantize_u8_slice, ActQuant,
+};
 use super::{activate_scalar, has_avx_vnni, has_vnni, Isa};
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
@@ -223,6 +225,10 @@ impl Format for Int8 {
 
     fn interleave(&self, rows: [&[u8]; 4], dst: &mut [u32]) {
         interleave_u8(rows, dst);
+    }
+
+    fn deinterleave(row: &[u8], even: &mut [u8], odd: &mut [u8]) {
+        deinterleave_u8(row, even, odd);
     }
 
     fn pack_f32(&self, rows: [&[f32]; 4], dst: &mut [u32]) {
