@@ -14,10 +14,12 @@
 //!   `(OH*OW / NR, K / G, NR)` words, through a small im2col buffer of those bytes
 //!   (padding taps get the format's zero, columns past the end are padded).
 //!
-//! Wide images are cut into blocks of panels, each packed by the task that consumes it
-//! (half a megabyte at most, so it stays in L2 while every channel panel runs over it);
-//! narrow ones (13x13, 26x26, where the weights dominate) are packed whole in
-//! parallel, then the output channels are split over the threads.
+//! Images are cut into blocks of panels, each packed by the task that consumes it (half
+//! a megabyte at most, so it stays in L2 while every channel panel runs over it), at
+//! least one per thread: one parallel pass per call (plus the conversion of large
+//! inputs), since on a busy machine every rendezvous of the pool costs. Images with
+//! fewer panels than threads are packed whole, then their output channels are split
+//! over the threads.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -367,11 +369,17 @@ pub(crate) fn run<F: Format>(
     };
     let panels = n.div_ceil(NR);
     let panel_words = groups * NR;
-    // Panels per block: BLOCK_BYTES of packed activations.
-    let per_block = (BLOCK_BYTES / (4 * panel_words)).clamp(1, panels);
+    // Panels per block: BLOCK_BYTES of packed activations at most, and enough blocks
+    // for every thread, in a multiple of the threads when they are few.
+    let mut blocks = panels.div_ceil((BLOCK_BYTES / (4 * panel_words)).max(1));
+    let total = g.b * blocks;
+    if threads > 1 && total < 4 * threads && !total.is_multiple_of(threads) {
+        blocks = (total.div_ceil(threads) * threads).div_ceil(g.b);
+    }
+    let per_block = panels.div_ceil(blocks.min(panels));
     let blocks = panels.div_ceil(per_block);
     let out = SharedPtr(out.as_mut_ptr().cast::<f32>());
-    if threads == 1 || g.b * blocks >= 2 * threads {
+    if threads == 1 || g.b * blocks >= threads {
         // Many blocks: each task packs its block and runs every channel panel over it.
         parallel_for(threads, g.b * blocks, |t| {
             let (img, blk) = (t / blocks, t % blocks);
@@ -395,7 +403,8 @@ pub(crate) fn run<F: Format>(
         });
         return;
     }
-    // Few blocks: pack each image whole, in parallel, then split its output channels.
+    // Fewer panels than threads (small images): pack each image whole, then split its
+    // output channels.
     let mut packed = vec![0u32; panels * panel_words];
     for img in 0..g.b {
         let x = input(img);

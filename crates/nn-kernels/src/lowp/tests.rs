@@ -180,9 +180,9 @@ fn int8_matches_f32_within_the_quantisation_bound() {
 #[test]
 fn simd_and_portable_kernels_agree_on_every_schedule() {
     let dev = Device::Cpu;
-    // (batch, c_in, side, c_out, k, stride, padding): the first takes the
-    // block-per-task schedule at 1 to 3 threads (10 blocks of 512 KiB in int8, 19 in
-    // bf16), the others the channel split (but at 1 thread).
+    // (batch, c_in, side, c_out, k, stride, padding): blocks of panels per task at
+    // every thread count (10 to 12 blocks of at most 512 KiB; 2 to 4 blocks of one
+    // panel), and fewer panels than threads at 3 threads (the channel split).
     for (b, cin, side, cout, k, s, p) in [
         (1, 64, 90, 21, 3, 1, 1),
         (2, 19, 13, 40, 3, 2, 1),
