@@ -35,6 +35,7 @@ impl Geom {
     }
 
     /// The output columns `lo..hi` whose input column `ox * s + kx - p` lies in `0..w`.
+    #[inline]
     pub(crate) fn valid_cols(&self, kx: usize) -> (usize, usize) {
         let (s, p) = (self.stride, self.pad);
         let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
@@ -47,6 +48,7 @@ impl Geom {
     }
 
     /// [`Geom::valid_cols`] of tap `kx` within the output columns `ox0..ox0 + run`.
+    #[inline]
     pub(crate) fn valid_span(&self, kx: usize, ox0: usize, run: usize) -> (usize, usize) {
         let (lo, hi) = self.valid_cols(kx);
         let a = lo.clamp(ox0, ox0 + run);

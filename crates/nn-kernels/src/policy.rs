@@ -95,6 +95,55 @@ pub fn parse_switch(s: &str) -> Result<bool, ParseSwitchError> {
     }
 }
 
+/// The arithmetic a model's convolutions run in (chosen when the model is built, like
+/// [`KernelPolicy`]): `f32` everywhere, or the low-precision kernels of this crate
+/// (`conv2d_bf16_bias_act`, `conv2d_int8_bias_act`), which still take and return `f32`
+/// feature maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// Single precision throughout (the reference).
+    #[default]
+    F32,
+    /// bf16 operands (rounded to nearest even) with `f32` accumulation.
+    Bf16,
+    /// u8 activations times s8 weights with `i32` accumulation (post-training static
+    /// quantisation; the activation scales come from calibration).
+    Int8,
+}
+
+impl Precision {
+    /// The name [`FromStr`](std::str::FromStr) accepts and [`Display`](std::fmt::Display) writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = ParseSwitchError;
+
+    /// `f32`, `bf16` or `int8`, any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "int8" => Ok(Precision::Int8),
+            other => Err(ParseSwitchError(format!(
+                "unknown precision `{other}`: expected f32, bf16 or int8"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +161,16 @@ mod tests {
         assert!(parse_switch("1").unwrap());
         assert!(!parse_switch("OFF").unwrap());
         assert!(parse_switch("maybe").is_err());
+    }
+
+    #[test]
+    fn precisions_parse_and_print() {
+        for p in [Precision::F32, Precision::Bf16, Precision::Int8] {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+        }
+        assert_eq!(" INT8 ".parse::<Precision>().unwrap(), Precision::Int8);
+        assert_eq!(Precision::default(), Precision::F32);
+        let err = "fp16".parse::<Precision>().unwrap_err().to_string();
+        assert!(err.contains("fp16") && err.contains("bf16"), "{err}");
     }
 }
