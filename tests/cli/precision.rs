@@ -27,6 +27,24 @@ fn quantize(cwd: &Path) -> Command {
     cmd
 }
 
+/// `yolo-cli run` at 64x64 on the weights `w`, run in `cwd`.
+fn run_on(cwd: &Path, w: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("yolo-cli").unwrap();
+    cmd.current_dir(cwd)
+        .args([
+            "run",
+            "--backbone",
+            "mobilenetv2",
+            "--input-size",
+            "64",
+            "--device",
+            "cpu",
+            "--weights",
+        ])
+        .arg(w);
+    cmd
+}
+
 /// The int8 file of the synthetic weights (made once per test process), and the
 /// quantize command's stderr.
 fn int8_weights() -> &'static (PathBuf, String) {
@@ -113,13 +131,8 @@ fn int8_and_bf16_runs_write_the_f32_schema() {
     let f32_run = json(&mut run(dir.path()));
     let bf16_run = json(run(dir.path()).args(["--precision", "bf16"]));
     // an int8 file runs in int8 by itself, or with --precision int8
-    let int8_run = json(run(dir.path()).arg("--weights").arg(int8));
-    let int8_explicit = json(
-        run(dir.path())
-            .arg("--weights")
-            .arg(int8)
-            .args(["--precision", "int8"]),
-    );
+    let int8_run = json(&mut run_on(dir.path(), int8));
+    let int8_explicit = json(run_on(dir.path(), int8).args(["--precision", "int8"]));
     assert_eq!(int8_run, int8_explicit);
     for v in [&bf16_run, &int8_run] {
         assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), ["a.png"]);
@@ -157,10 +170,7 @@ fn precision_refusals_name_the_flag_or_file() {
     // an int8 file refuses another precision
     let (int8, _) = int8_weights();
     fails(
-        run(dir.path())
-            .arg("--weights")
-            .arg(int8)
-            .args(["a.png", "--precision", "bf16"]),
+        run_on(dir.path(), int8).args(["a.png", "--precision", "bf16"]),
         &["int8 weights", &int8.display().to_string()],
     );
 }
