@@ -123,7 +123,7 @@ impl Config {
 /// One entry of `features`.
 #[derive(Debug, Clone)]
 enum Feature {
-    Conv(ConvBnAct),
+    Conv(Box<ConvBnAct>),
     Block(Box<InvertedResidual>),
 }
 
@@ -139,7 +139,7 @@ impl Feature {
 impl Feature {
     fn blocks(&self) -> Vec<&ConvBnAct> {
         match self {
-            Feature::Conv(c) => vec![c],
+            Feature::Conv(c) => vec![c.as_ref()],
             Feature::Block(b) => b.blocks(),
         }
     }
@@ -173,7 +173,7 @@ fn build_features(
                 .stride(2)
                 .activation(Activation::Relu6)
                 .options(cfg.block_options());
-            layers.push(Feature::Conv(ConvBnAct::sequential(c, vb_i)?));
+            layers.push(Feature::Conv(Box::new(ConvBnAct::sequential(c, vb_i)?)));
             channels.push(stem);
         } else if i <= blocks.len() {
             let (inp, oup, stride, t) = blocks[i - 1];
@@ -185,7 +185,7 @@ fn build_features(
             let c = ConvBnConfig::new(inp, last, 1)
                 .activation(Activation::Relu6)
                 .options(cfg.block_options());
-            layers.push(Feature::Conv(ConvBnAct::sequential(c, vb_i)?));
+            layers.push(Feature::Conv(Box::new(ConvBnAct::sequential(c, vb_i)?)));
             channels.push(last);
         }
     }

@@ -773,11 +773,17 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (2, 6, 9, 7), &Device::Cpu).unwrap();
         let synthetic =
             || VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, Device::Cpu);
-        for (groups, stride) in [(1, 1), (1, 2), (6, 1), (6, 2)] {
-            let cfg = ConvBnConfig::new(6, 6, 3)
+        let acts = [
+            Activation::LeakyRelu(0.1),
+            Activation::Relu6,
+            Activation::Identity,
+        ];
+        let cases = [(1, 1, 3), (1, 2, 3), (6, 1, 3), (6, 2, 3), (1, 1, 1)];
+        for ((groups, stride, k), act) in cases.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
+            let cfg = ConvBnConfig::new(6, 6, k)
                 .groups(groups)
                 .stride(stride)
-                .activation(Activation::LeakyRelu(0.1));
+                .activation(act);
             let reference =
                 ConvBnAct::sequential(cfg.calibrate(true), synthetic().pp("blk")).unwrap();
             let want = reference.forward(&x).unwrap(); // and records x's range
@@ -793,7 +799,7 @@ mod tests {
             let int8 = ConvBnAct::sequential(cfg.precision(Precision::Int8), vb.pp("blk")).unwrap();
             assert_eq!(int8.runs_in(), Precision::Int8);
             let err = max_abs_diff(&int8.forward(&x).unwrap(), &want) / scale;
-            assert!(err < 0.03, "int8 groups {groups} stride {stride}: {err}");
+            assert!(err < 0.03, "int8 {act:?} {groups} {stride} {k}: {err}");
 
             let bf16 = ConvBnAct::sequential(cfg.precision(Precision::Bf16), synthetic().pp("blk"))
                 .unwrap();
@@ -804,7 +810,7 @@ mod tests {
             };
             assert_eq!(bf16.runs_in(), expected);
             let err = max_abs_diff(&bf16.forward(&x).unwrap(), &want) / scale;
-            assert!(err < 0.01, "bf16 groups {groups} stride {stride}: {err}");
+            assert!(err < 0.01, "bf16 {act:?} {groups} {stride} {k}: {err}");
         }
     }
 
