@@ -327,3 +327,66 @@ pub fn load_canonical(path: &Path, device: &Device) -> Result<LoadedWeights> {
         .collect();
     Ok(LoadedWeights { tensors, meta })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(extra: &[(&str, &str)]) -> Result<WeightsMeta> {
+        let mut m: HashMap<String, String> = [
+            ("model", "yolov3"),
+            ("backbone", "darknet53"),
+            ("num_classes", "80"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        m.retain(|_, v| !v.is_empty());
+        WeightsMeta::from_metadata(&m, &HashMap::new(), Path::new("w.safetensors"))
+    }
+
+    #[test]
+    fn precision_metadata_round_trips_and_f32_files_keep_their_keys() {
+        let f32_meta = meta(&[]).unwrap();
+        assert_eq!(f32_meta.precision, Precision::F32);
+        assert!(!f32_meta.to_metadata().contains_key("precision"));
+        assert_eq!(f32_meta.yolo_config().unwrap().precision, Precision::F32);
+
+        let int8 = meta(&[
+            ("precision", "int8"),
+            ("calibration_method", "minmax"),
+            ("calibration_images", "12"),
+        ])
+        .unwrap();
+        assert_eq!(int8.precision, Precision::Int8);
+        assert_eq!(int8.calibration, Some(("minmax".to_string(), 12)));
+        assert_eq!(int8.yolo_config().unwrap().precision, Precision::Int8);
+        let back = WeightsMeta::from_metadata(
+            &int8.to_metadata(),
+            &HashMap::new(),
+            Path::new("w.safetensors"),
+        )
+        .unwrap();
+        assert_eq!(back, int8);
+    }
+
+    #[test]
+    fn bad_precision_metadata_is_refused_naming_the_key() {
+        for (value, needle) in [("bf16", "converted from f32"), ("fp4", "fp4")] {
+            let err = meta(&[("precision", value)]).unwrap_err().to_string();
+            assert!(
+                err.contains("precision") && err.contains(needle) && err.contains("w.safetensors"),
+                "{err}"
+            );
+        }
+        let err = meta(&[
+            ("precision", "int8"),
+            ("calibration_method", "minmax"),
+            ("calibration_images", "many"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("calibration_images"), "{err}");
+    }
+}
