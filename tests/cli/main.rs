@@ -12,6 +12,8 @@ use serde_json::Value;
 
 #[path = "../common/synthetic.rs"]
 mod synthetic;
+
+mod precision;
 use synthetic::{image, weights};
 
 /// `yolo-cli run` on the synthetic weights at 64x64, run in `cwd`.

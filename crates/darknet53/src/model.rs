@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 use nn_blocks::summary::Summary;
 use nn_blocks::{
     add_owned, Backbone, BlockOptions, BnMode, ConvBnAct, ConvBnConfig, FeatureChannels,
-    KernelPolicy, DEFAULT_BN_EPS,
+    KernelPolicy, Precision, DEFAULT_BN_EPS,
 };
 
 /// Darknet53 hyper-parameters.
@@ -19,6 +19,10 @@ pub struct Config {
     pub bn_mode: BnMode,
     /// The CPU kernels of the folded blocks.
     pub kernels: KernelPolicy,
+    /// The arithmetic of the folded blocks (see [`BlockOptions::precision`]).
+    pub precision: Precision,
+    /// Record each block's input range, for int8 calibration.
+    pub calibrate: bool,
 }
 
 impl Default for Config {
@@ -35,6 +39,8 @@ impl Config {
             bn_eps: DEFAULT_BN_EPS,
             bn_mode: BnMode::Folded,
             kernels: KernelPolicy::default(),
+            precision: Precision::F32,
+            calibrate: false,
         }
     }
 
@@ -44,6 +50,8 @@ impl Config {
             bn_eps: self.bn_eps,
             bn_mode: self.bn_mode,
             kernels: self.kernels,
+            precision: self.precision,
+            calibrate: self.calibrate,
         }
     }
 }
@@ -183,6 +191,17 @@ impl Backbone for DarkNet {
         let out4 = self.stages[3].forward_t(&out3, train)?; // (B, 512, H/16, W/16)
         let out5 = self.stages[4].forward_t(&out4, train)?; // (B, 1024, H/32, W/32)
         Ok((out3, out4, out5))
+    }
+
+    fn blocks(&self) -> Vec<&ConvBnAct> {
+        let mut v = vec![&self.stem];
+        for stage in &self.stages {
+            v.push(&stage.ds);
+            for b in &stage.blocks {
+                v.extend([&b.conv1, &b.conv2]);
+            }
+        }
+        v
     }
 
     fn channels(&self) -> FeatureChannels {

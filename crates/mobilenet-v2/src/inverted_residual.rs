@@ -64,6 +64,14 @@ impl InvertedResidual {
         })
     }
 
+    /// The conv-BN blocks, in forward order: expansion (if any), depthwise, projection.
+    pub fn blocks(&self) -> Vec<&ConvBnAct> {
+        let mut v: Vec<&ConvBnAct> = self.expand.iter().collect();
+        v.push(&self.depthwise);
+        v.push(&self.project);
+        v
+    }
+
     /// Appends the block's rows to `summary`; returns the output shape.
     pub fn summarize(&self, name: &str, input: &[usize], summary: &mut Summary) -> Vec<usize> {
         let mut shape = input.to_vec();

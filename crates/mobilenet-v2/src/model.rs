@@ -5,7 +5,7 @@ use candle_nn::{Linear, VarBuilder};
 use nn_blocks::summary::Summary;
 use nn_blocks::{
     make_divisible, Activation, Backbone, BlockOptions, BnMode, ConvBnAct, ConvBnConfig,
-    FeatureChannels, KernelPolicy, DEFAULT_BN_EPS,
+    FeatureChannels, KernelPolicy, Precision, DEFAULT_BN_EPS,
 };
 
 use crate::InvertedResidual;
@@ -34,6 +34,10 @@ pub struct Config {
     pub bn_mode: BnMode,
     /// The CPU kernels of the folded blocks.
     pub kernels: KernelPolicy,
+    /// The arithmetic of the folded blocks (see [`BlockOptions::precision`]).
+    pub precision: Precision,
+    /// Record each block's input range, for int8 calibration.
+    pub calibrate: bool,
 }
 
 impl Default for Config {
@@ -61,6 +65,8 @@ impl Config {
             bn_eps: DEFAULT_BN_EPS,
             bn_mode: BnMode::Folded,
             kernels: KernelPolicy::default(),
+            precision: Precision::F32,
+            calibrate: false,
         }
     }
 
@@ -70,6 +76,8 @@ impl Config {
             bn_eps: self.bn_eps,
             bn_mode: self.bn_mode,
             kernels: self.kernels,
+            precision: self.precision,
+            calibrate: self.calibrate,
         }
     }
 
@@ -115,7 +123,7 @@ impl Config {
 /// One entry of `features`.
 #[derive(Debug, Clone)]
 enum Feature {
-    Conv(ConvBnAct),
+    Conv(Box<ConvBnAct>),
     Block(Box<InvertedResidual>),
 }
 
@@ -129,6 +137,13 @@ impl Feature {
 }
 
 impl Feature {
+    fn blocks(&self) -> Vec<&ConvBnAct> {
+        match self {
+            Feature::Conv(c) => vec![c.as_ref()],
+            Feature::Block(b) => b.blocks(),
+        }
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             Feature::Conv(c) => c.forward_t(x, train),
@@ -158,7 +173,7 @@ fn build_features(
                 .stride(2)
                 .activation(Activation::Relu6)
                 .options(cfg.block_options());
-            layers.push(Feature::Conv(ConvBnAct::sequential(c, vb_i)?));
+            layers.push(Feature::Conv(Box::new(ConvBnAct::sequential(c, vb_i)?)));
             channels.push(stem);
         } else if i <= blocks.len() {
             let (inp, oup, stride, t) = blocks[i - 1];
@@ -170,7 +185,7 @@ fn build_features(
             let c = ConvBnConfig::new(inp, last, 1)
                 .activation(Activation::Relu6)
                 .options(cfg.block_options());
-            layers.push(Feature::Conv(ConvBnAct::sequential(c, vb_i)?));
+            layers.push(Feature::Conv(Box::new(ConvBnAct::sequential(c, vb_i)?)));
             channels.push(last);
         }
     }
@@ -293,6 +308,10 @@ impl Backbone for MobileNetV2Backbone {
 
     fn channels(&self) -> FeatureChannels {
         self.channels
+    }
+
+    fn blocks(&self) -> Vec<&ConvBnAct> {
+        self.features.iter().flat_map(Feature::blocks).collect()
     }
 
     fn summarize(

@@ -3,6 +3,7 @@
 use candle_core::{Result, Tensor};
 
 use crate::summary::Summary;
+use crate::ConvBnAct;
 
 /// Channel counts of the three feature maps a [`Backbone`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,10 @@ pub trait Backbone: Send + Sync {
         input: &[usize],
         summary: &mut Summary,
     ) -> (Vec<usize>, Vec<usize>, Vec<usize>);
+
+    /// Every conv-BN-activation block, in the order a forward pass runs them (for
+    /// calibration and quantisation).
+    fn blocks(&self) -> Vec<&ConvBnAct>;
 }
 
 impl<T: Backbone + ?Sized> Backbone for Box<T> {
@@ -58,5 +63,9 @@ impl<T: Backbone + ?Sized> Backbone for Box<T> {
         summary: &mut Summary,
     ) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
         (**self).summarize(prefix, input, summary)
+    }
+
+    fn blocks(&self) -> Vec<&ConvBnAct> {
+        (**self).blocks()
     }
 }

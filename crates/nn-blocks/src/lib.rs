@@ -24,6 +24,11 @@ pub mod summary;
 pub mod weights;
 
 pub use backbone::{Backbone, FeatureChannels};
-pub use conv_bn::{Activation, BlockOptions, BnMode, ConvBnAct, ConvBnConfig, DEFAULT_BN_EPS};
+pub use conv_bn::{
+    Activation, BlockOptions, BnMode, CalibrationMethod, ConvBnAct, ConvBnConfig, DEFAULT_BN_EPS,
+    INT8_TENSORS,
+};
 pub use divisible::make_divisible;
-pub use nn_kernels::{add_owned, depthwise_conv2d, KernelPolicy, Winograd};
+pub use nn_kernels::{
+    add_owned, depthwise_conv2d, KernelPolicy, Precision, RangeObserver, Winograd,
+};

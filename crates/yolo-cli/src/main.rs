@@ -10,6 +10,7 @@ mod model;
 mod model_args;
 mod output;
 mod process;
+mod quantize;
 mod run;
 mod serve;
 mod stdout;
@@ -78,6 +79,8 @@ enum Command {
     VocAnnotation(voc_annotation::VocAnnotationArgs),
     /// Download, verify and convert weights into the weights directory.
     Download(download::DownloadArgs),
+    /// Quantise f32 weights to int8, calibrating on a folder of images.
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -99,6 +102,7 @@ fn main() -> std::process::ExitCode {
         Command::Anchors(args) => anchors::run(args),
         Command::VocAnnotation(args) => voc_annotation::run(args),
         Command::Download(args) => download::run(args, cli.weights_dir.as_deref()),
+        Command::Quantize(args) => quantize::run(args, cli.weights_dir.as_deref()),
     };
     match result {
         Ok(code) => code,

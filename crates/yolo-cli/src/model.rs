@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use candle_core::{DType, Device};
 use clap::ValueEnum;
+use nn_blocks::Precision;
 use yolov3_head::{Anchors, BackboneKind, ClassNames, YoloBody, YoloConfig};
 
 /// The name of the default weights of a backbone, as `yolo-cli download` (and
@@ -177,11 +178,21 @@ pub fn select_device(choice: Option<DeviceChoice>) -> anyhow::Result<Device> {
 
 /// Loads weights into a YOLOv3 body. Errors name the file.
 ///
+/// The precision is `requested` (`--precision`), else the file's: an int8 file
+/// (written by `yolo-cli quantize`) runs in int8 and refuses any other precision, and
+/// int8 on an `f32` file is refused with the command that quantises it. `cfg`'s own
+/// precision is ignored; its `calibrate` is kept.
+///
 /// The project's safetensors (reference PyTorch names) load directly, with the
 /// BatchNorm epsilon recorded in their metadata (1e-6 for darknet imports, 1e-5 when
 /// absent); any other checkpoint `yolo-cli convert` reads (`.pth`, darknet `.weights`,
 /// candle-yolo-v3 or timm safetensors) is converted in memory first.
-pub fn load_model(path: &Path, cfg: &YoloConfig, device: &Device) -> anyhow::Result<YoloBody> {
+pub fn load_model(
+    path: &Path,
+    cfg: &YoloConfig,
+    requested: Option<Precision>,
+    device: &Device,
+) -> anyhow::Result<YoloBody> {
     let canonical = match yolo_weights::convert::detect_format(path) {
         Ok(yolo_weights::SourceFormat::Safetensors) => {
             yolo_weights::load_canonical(path, device).ok()
@@ -214,20 +225,47 @@ pub fn load_model(path: &Path, cfg: &YoloConfig, device: &Device) -> anyhow::Res
             meta.backbone
         );
     }
+    let precision = choose_precision(path, meta.precision, requested)?;
     let cfg = YoloConfig {
         bn_eps: meta.bn_eps,
+        precision,
         ..cfg.clone()
     };
     // the unfolded tensors are freed layer by layer as BatchNorm is folded into the convs
     let vb = nn_blocks::weights::TakingBackend::var_builder(tensors, DType::F32, device);
     YoloBody::new(&cfg, vb).with_context(|| {
         format!(
-            "cannot build the {} model ({} classes) from {}",
+            "cannot build the {} {} model ({} classes) from {}",
+            cfg.precision,
             cfg.backbone,
             cfg.num_classes,
             path.display()
         )
     })
+}
+
+/// The precision to run `path` (whose metadata says `stored`) in, given `--precision`.
+pub fn choose_precision(
+    path: &Path,
+    stored: Precision,
+    requested: Option<Precision>,
+) -> anyhow::Result<Precision> {
+    match (stored, requested) {
+        (Precision::Int8, None | Some(Precision::Int8)) => Ok(Precision::Int8),
+        (Precision::Int8, Some(p)) => anyhow::bail!(
+            "{} holds int8 weights (written by `yolo-cli quantize`): run it with --precision int8 \
+             or without --precision; --precision {p} needs the f32 weights it was quantised from",
+            path.display()
+        ),
+        (_, Some(Precision::Int8)) => anyhow::bail!(
+            "--precision int8 needs an int8 weights file, and {} holds f32 weights: quantise it \
+             first with `yolo-cli quantize --weights {} --calib DIR -o OUT.safetensors` (DIR: a \
+             folder of representative images), then run OUT",
+            path.display(),
+            path.display()
+        ),
+        (_, requested) => Ok(requested.unwrap_or(Precision::F32)),
+    }
 }
 
 /// Whether `err` (from [`load_model`]) says that the weights hold a head for another

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use nn_blocks::Precision;
 use yolov3_head::{
     Anchors, BackboneKind, ClassNames, Detector, DetectorConfig, ResizeMode, YoloConfig,
     DEFAULT_MAX_PIXELS,
@@ -46,6 +47,11 @@ pub struct ModelArgs {
     /// Refuse images with more pixels than this (decompression-bomb guard).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "N")]
     pub max_pixels: u64,
+    /// Arithmetic of the convolutions: f32, bf16 (weights converted at load) or int8
+    /// (needs a file written by `yolo-cli quantize`); default: the file's (f32, or int8
+    /// for a quantised file).
+    #[arg(long, value_name = "f32|bf16|int8")]
+    pub precision: Option<Precision>,
     #[command(flatten)]
     pub kernels: KernelArgs,
 }
@@ -117,7 +123,7 @@ pub fn build_detector(
     } = resolved;
     let num_classes = class_names.len();
     let cfg = YoloConfig::new(args.backbone, num_classes).with_kernels(args.kernels.policy());
-    let model = model::load_model(&weights, &cfg, device).map_err(|e| {
+    let model = model::load_model(&weights, &cfg, args.precision, device).map_err(|e| {
         // The class count is the likely culprit only when the weights say so: a file that
         // cannot be read is named first, on its own.
         if model::is_class_count_mismatch(&e) {

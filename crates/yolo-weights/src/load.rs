@@ -10,6 +10,16 @@
 //! | `bn_eps`      | BatchNorm epsilon (1e-5 PyTorch, 1e-6 darknet)     |
 //! | `width_mult`  | MobileNetV2 width multiplier (classifier only)     |
 //! | `source`      | where the tensors came from                        |
+//! | `precision`   | `int8` for a quantised file (absent: `f32`)        |
+//! | `calibration_method` | int8: `minmax` or `percentile(P)`           |
+//! | `calibration_images` | int8: how many images calibrated it         |
+//!
+//! An int8 file (written by `yolo-cli quantize`, see `docs/precision.md`) holds the
+//! folded convolutions: per quantised block `{conv}.weight_q` (`U8`: the s8 codes'
+//! bytes, two's complement, since candle has no `i8`), `{conv}.weight_scale`,
+//! `{conv}.bias` and `{conv}.input_scale` (`F32`), and the folded `weight` and `bias`
+//! of the blocks kept in `f32`. [`load_canonical`] hands the `U8` codes over as `f32`
+//! values 0..=255, which the int8 blocks turn back into bytes.
 //!
 //! Files without metadata (any safetensors with reference names) load too: the model
 //! and class count come from the tensors, and `bn_eps` is 1e-5.
@@ -19,7 +29,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use nn_blocks::DEFAULT_BN_EPS;
+use nn_blocks::{Precision, DEFAULT_BN_EPS};
 use yolo_io::Overwrite;
 use yolov3_head::{BackboneKind, YoloConfig};
 
@@ -70,6 +80,12 @@ pub struct WeightsMeta {
     pub width_mult: f64,
     /// Where the tensors came from (free text).
     pub source: String,
+    /// The arithmetic the file is for: `f32`, or `int8` for a quantised file (whose
+    /// tensors only an int8 model reads).
+    pub precision: Precision,
+    /// How an int8 file's activation scales were calibrated (`minmax`,
+    /// `percentile(99.99)`), and on how many images.
+    pub calibration: Option<(String, usize)>,
 }
 
 impl WeightsMeta {
@@ -85,6 +101,14 @@ impl WeightsMeta {
             m.insert("width_mult".into(), self.width_mult.to_string());
         }
         m.insert("source".into(), self.source.clone());
+        // f32 files keep exactly the keys (and bytes) they had before int8 existed
+        if self.precision != Precision::F32 {
+            m.insert("precision".into(), self.precision.to_string());
+        }
+        if let Some((method, images)) = &self.calibration {
+            m.insert("calibration_method".into(), method.clone());
+            m.insert("calibration_images".into(), images.to_string());
+        }
         m
     }
 
@@ -152,6 +176,31 @@ impl WeightsMeta {
             },
             None => 1.0,
         };
+        let precision = match meta.get("precision") {
+            Some(p) => match p.parse::<Precision>() {
+                Ok(Precision::Bf16) => {
+                    return Err(bad(
+                        "precision",
+                        "`bf16`: bf16 models are converted from f32 files at load, not stored"
+                            .into(),
+                    ))
+                }
+                Ok(p) => p,
+                Err(e) => return Err(bad("precision", e.to_string())),
+            },
+            None => Precision::F32,
+        };
+        let calibration = match (
+            meta.get("calibration_method"),
+            meta.get("calibration_images"),
+        ) {
+            (Some(m), Some(n)) => Some((
+                m.clone(),
+                n.parse()
+                    .map_err(|_| bad("calibration_images", format!("`{n}` is not a count")))?,
+            )),
+            _ => None,
+        };
         Ok(Self {
             model,
             backbone,
@@ -159,6 +208,8 @@ impl WeightsMeta {
             bn_eps,
             width_mult,
             source: meta.get("source").cloned().unwrap_or_default(),
+            precision,
+            calibration,
         })
     }
 
@@ -166,6 +217,7 @@ impl WeightsMeta {
     pub fn yolo_config(&self) -> Option<YoloConfig> {
         (self.model == ModelKind::Yolo).then(|| YoloConfig {
             bn_eps: self.bn_eps,
+            precision: self.precision,
             ..YoloConfig::new(self.backbone, self.num_classes)
         })
     }
@@ -196,6 +248,8 @@ pub fn guess_meta(shapes: &HashMap<String, Vec<usize>>) -> Option<WeightsMeta> {
             bn_eps: DEFAULT_BN_EPS,
             width_mult: 1.0,
             source: String::new(),
+            precision: Precision::F32,
+            calibration: None,
         });
     }
     if let Some(c) = first("classifier.1.weight") {
@@ -206,16 +260,26 @@ pub fn guess_meta(shapes: &HashMap<String, Vec<usize>>) -> Option<WeightsMeta> {
             bn_eps: DEFAULT_BN_EPS,
             width_mult: 1.0,
             source: String::new(),
+            precision: Precision::F32,
+            calibration: None,
         });
     }
     None
 }
 
-/// Serialises f32 tensors and metadata as a safetensors file in memory.
+/// Serialises tensors and metadata as a safetensors file in memory: every tensor as
+/// `f32`, except `U8` ones (an int8 file's codes), kept as they are.
 pub fn canonical_bytes(tensors: &BTreeMap<String, Tensor>, meta: &WeightsMeta) -> Result<Vec<u8>> {
     let ts = tensors
         .iter()
-        .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.contiguous()?)))
+        .map(|(k, t)| {
+            let dtype = if t.dtype() == DType::U8 {
+                DType::U8
+            } else {
+                DType::F32
+            };
+            Ok((k.clone(), t.to_dtype(dtype)?.contiguous()?))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(safetensors::serialize(ts, Some(meta.to_metadata()))?)
 }
@@ -262,4 +326,67 @@ pub fn load_canonical(path: &Path, device: &Device) -> Result<LoadedWeights> {
         .into_iter()
         .collect();
     Ok(LoadedWeights { tensors, meta })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(extra: &[(&str, &str)]) -> Result<WeightsMeta> {
+        let mut m: HashMap<String, String> = [
+            ("model", "yolov3"),
+            ("backbone", "darknet53"),
+            ("num_classes", "80"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        m.retain(|_, v| !v.is_empty());
+        WeightsMeta::from_metadata(&m, &HashMap::new(), Path::new("w.safetensors"))
+    }
+
+    #[test]
+    fn precision_metadata_round_trips_and_f32_files_keep_their_keys() {
+        let f32_meta = meta(&[]).unwrap();
+        assert_eq!(f32_meta.precision, Precision::F32);
+        assert!(!f32_meta.to_metadata().contains_key("precision"));
+        assert_eq!(f32_meta.yolo_config().unwrap().precision, Precision::F32);
+
+        let int8 = meta(&[
+            ("precision", "int8"),
+            ("calibration_method", "minmax"),
+            ("calibration_images", "12"),
+        ])
+        .unwrap();
+        assert_eq!(int8.precision, Precision::Int8);
+        assert_eq!(int8.calibration, Some(("minmax".to_string(), 12)));
+        assert_eq!(int8.yolo_config().unwrap().precision, Precision::Int8);
+        let back = WeightsMeta::from_metadata(
+            &int8.to_metadata(),
+            &HashMap::new(),
+            Path::new("w.safetensors"),
+        )
+        .unwrap();
+        assert_eq!(back, int8);
+    }
+
+    #[test]
+    fn bad_precision_metadata_is_refused_naming_the_key() {
+        for (value, needle) in [("bf16", "converted from f32"), ("fp4", "fp4")] {
+            let err = meta(&[("precision", value)]).unwrap_err().to_string();
+            assert!(
+                err.contains("precision") && err.contains(needle) && err.contains("w.safetensors"),
+                "{err}"
+            );
+        }
+        let err = meta(&[
+            ("precision", "int8"),
+            ("calibration_method", "minmax"),
+            ("calibration_images", "many"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("calibration_images"), "{err}");
+    }
 }

@@ -1,11 +1,13 @@
 //! The seed's `YoloBody` and `make_last_layers`.
 
+use std::collections::BTreeMap;
+
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 use darknet53::DarkNet;
 use mobilenet_v2::MobileNetV2Backbone;
 use nn_blocks::summary::Summary;
-use nn_blocks::{Backbone, BlockOptions, ConvBnAct, ConvBnConfig};
+use nn_blocks::{Backbone, BlockOptions, CalibrationMethod, ConvBnAct, ConvBnConfig};
 
 use crate::config::{BackboneKind, YoloConfig};
 use crate::{Error, Result};
@@ -18,7 +20,11 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct LastLayers {
     blocks: Vec<ConvBnAct>,
+    /// The plain 1x1 conv that gives the raw predictions: always `f32` (see
+    /// `docs/precision.md`).
     out: Conv2d,
+    /// The prefix of `out`'s tensors (`{vb}.6`).
+    out_name: String,
 }
 
 impl LastLayers {
@@ -46,8 +52,30 @@ impl LastLayers {
                 ConvBnAct::named(ConvBnConfig::new(cin, cout, k).options(opts), vb.pp(i))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let out_name = vb.pp(6).prefix();
         let out = candle_nn::conv2d(f1, out_filter, 1, Default::default(), vb.pp(6))?;
-        Ok(Self { blocks, out })
+        Ok(Self {
+            blocks,
+            out,
+            out_name,
+        })
+    }
+
+    /// The conv-BN blocks, in forward order (the final plain conv is not one).
+    pub fn blocks(&self) -> Vec<&ConvBnAct> {
+        self.blocks.iter().collect()
+    }
+
+    /// The final conv's tensors, `f32`, by name (`{vb}.6.weight`, `{vb}.6.bias`).
+    fn out_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![(
+            format!("{}.weight", self.out_name),
+            self.out.weight().clone(),
+        )];
+        if let Some(b) = self.out.bias() {
+            v.push((format!("{}.bias", self.out_name), b.clone()));
+        }
+        v
     }
 
     /// `self.last_layerN[:5](x)`: the branch that also feeds the next scale.
@@ -115,6 +143,9 @@ pub const INPUT_STRIDE: usize = 32;
 impl YoloBody {
     /// Builds the body and its backbone (under `{vb}.backbone`) from `cfg`.
     ///
+    /// With [`Precision::Int8`](nn_blocks::Precision::Int8) `vb` must hold an int8 file's
+    /// tensors ([`YoloBody::int8_tensors`]); with bf16 the folded weights are converted.
+    ///
     /// Fails with [`Error::ClassCountMismatch`] when the weights were
     /// trained for another number of classes, and with candle's messages (naming the
     /// tensor and both shapes) for missing tensors or shape mismatches.
@@ -126,6 +157,8 @@ impl YoloBody {
                     bn_eps: cfg.bn_eps,
                     bn_mode: cfg.bn_mode,
                     kernels: cfg.kernels,
+                    precision: cfg.precision,
+                    calibrate: cfg.calibrate,
                     ..mobilenet_v2::Config::imagenet()
                 };
                 Box::new(MobileNetV2Backbone::new(&mcfg, vb.pp("backbone"))?)
@@ -135,6 +168,8 @@ impl YoloBody {
                     bn_eps: cfg.bn_eps,
                     bn_mode: cfg.bn_mode,
                     kernels: cfg.kernels,
+                    precision: cfg.precision,
+                    calibrate: cfg.calibrate,
                     ..darknet53::Config::darknet53()
                 };
                 Box::new(DarkNet::new(&dcfg, vb.pp("backbone"))?)
@@ -191,6 +226,39 @@ impl YoloBody {
     /// The feature extractor.
     pub fn backbone(&self) -> &dyn Backbone {
         self.backbone.as_ref()
+    }
+
+    /// Every conv-BN-activation block of the body, backbone first, in forward order
+    /// within each part.
+    pub fn blocks(&self) -> Vec<&ConvBnAct> {
+        let mut v = self.backbone.blocks();
+        v.extend(self.last_layer0.blocks());
+        v.push(&self.last_layer1_conv);
+        v.extend(self.last_layer1.blocks());
+        v.push(&self.last_layer2_conv);
+        v.extend(self.last_layer2.blocks());
+        v
+    }
+
+    /// The tensors of an int8 weights file for this body, after a calibration run (a
+    /// body built `f32` with [`YoloConfig::calibrate`], then run on calibration images):
+    /// each block's [`ConvBnAct::int8_tensors`] (input scales by `method`; the blocks
+    /// for which `keep_f32` says yes, and those without an int8 kernel, as folded `f32`),
+    /// and the heads' final 1x1 convs in `f32`. A body built from these tensors with
+    /// [`Precision::Int8`](nn_blocks::Precision::Int8) runs the quantised blocks in int8.
+    pub fn int8_tensors(
+        &self,
+        method: CalibrationMethod,
+        keep_f32: impl Fn(&ConvBnAct) -> bool,
+    ) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for block in self.blocks() {
+            out.extend(block.int8_tensors(method, keep_f32(block))?);
+        }
+        for head in [&self.last_layer0, &self.last_layer1, &self.last_layer2] {
+            out.extend(head.out_tensors());
+        }
+        Ok(out)
     }
 
     /// Refuses inputs that are not `(B, 3, H, W)` with `H` and `W` multiples of 32.

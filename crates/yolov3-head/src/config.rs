@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use nn_blocks::{BlockOptions, BnMode, KernelPolicy, DEFAULT_BN_EPS};
+use nn_blocks::{BlockOptions, BnMode, KernelPolicy, Precision, DEFAULT_BN_EPS};
 
 /// Which feature extractor feeds the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +74,11 @@ pub struct YoloConfig {
     pub bn_mode: BnMode,
     /// The CPU kernels of the folded blocks (default: the fastest).
     pub kernels: KernelPolicy,
+    /// The arithmetic of the folded blocks: `f32` (default), bf16 (converted at load)
+    /// or int8 (from a quantised file, see [`crate::YoloBody::int8_tensors`]).
+    pub precision: Precision,
+    /// Record each block's input range while running, for int8 calibration.
+    pub calibrate: bool,
 }
 
 impl YoloConfig {
@@ -86,6 +91,8 @@ impl YoloConfig {
             bn_eps: DEFAULT_BN_EPS,
             bn_mode: BnMode::Folded,
             kernels: KernelPolicy::default(),
+            precision: Precision::F32,
+            calibrate: false,
         }
     }
 
@@ -95,12 +102,26 @@ impl YoloConfig {
         self
     }
 
+    /// The same configuration with the precision `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The same configuration, recording each block's input range (or not).
+    pub fn with_calibration(mut self, calibrate: bool) -> Self {
+        self.calibrate = calibrate;
+        self
+    }
+
     /// The options every block shares.
     pub fn block_options(&self) -> BlockOptions {
         BlockOptions {
             bn_eps: self.bn_eps,
             bn_mode: self.bn_mode,
             kernels: self.kernels,
+            precision: self.precision,
+            calibrate: self.calibrate,
         }
     }
 

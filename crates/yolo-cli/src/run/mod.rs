@@ -6,7 +6,7 @@
 //! [`report`] prints the results and the summary.
 
 mod detect;
-mod inputs;
+pub(crate) mod inputs;
 mod report;
 mod save;
 mod video;
