@@ -88,6 +88,77 @@ pub(crate) fn read_moov(path: &Path, file: &mut File, len: u64) -> Result<Vec<u8
     moov.ok_or_else(|| Error::malformed(path, "no moov box (the index of the samples): truncated?"))
 }
 
+/// The boxes whose children the `mp4` crate reads in a loop that skips each child by its
+/// declared size: a child of size 0 there would be read again and again, for ever.
+const LOOPED_CONTAINERS: [&[u8; 4]; 12] = [
+    b"moov", b"trak", b"mdia", b"minf", b"stbl", b"dinf", b"mvex", b"udta", b"moof", b"traf",
+    b"meta", b"ilst",
+];
+
+/// Checks the boxes inside `moov` before the `mp4` crate walks them: in every container it
+/// reads in a loop, each child must have a size of at least its header and fit in its
+/// parent. A size of 0 ("to the end of the file") is only meaningful for a top-level
+/// box; inside `moov` the crate would loop on it for ever (a finding of the `mp4` fuzz
+/// target).
+pub(crate) fn check_nested(path: &Path, moov: &[u8]) -> Result<(), Error> {
+    check_children(path, b"moov", moov, 0)
+}
+
+/// [`check_nested`] for the children of one container body.
+fn check_children(path: &Path, parent: &[u8; 4], body: &[u8], depth: usize) -> Result<(), Error> {
+    // Real files nest a few levels deep; a deeper tree is made up.
+    if depth > 16 {
+        return Err(Error::malformed(path, "boxes nested more than 16 deep"));
+    }
+    let mut pos = 0usize;
+    while pos < body.len() {
+        let rest = &body[pos..];
+        let bad = |what: String| {
+            Error::malformed(
+                path,
+                format!(
+                    "inside the '{}' box: {what}",
+                    String::from_utf8_lossy(parent)
+                ),
+            )
+        };
+        let Some(head) = rest.get(0..8) else {
+            return Err(bad(format!("{} stray bytes at the end", rest.len())));
+        };
+        let code: [u8; 4] = head[4..8].try_into().expect("4 bytes");
+        let name = String::from_utf8_lossy(&code).into_owned();
+        let (hlen, size) = match u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")) {
+            0 => return Err(bad(format!("the '{name}' box has size 0 (to the end of the file), which only a top-level box may have"))),
+            1 => {
+                let Some(large) = rest.get(8..16) else {
+                    return Err(bad(format!("the '{name}' box's 64-bit size is cut short")));
+                };
+                (16u64, u64::from_be_bytes(large.try_into().expect("8 bytes")))
+            }
+            n => (8u64, u64::from(n)),
+        };
+        if size < hlen || size > rest.len() as u64 {
+            return Err(bad(format!(
+                "the '{name}' box has size {size}, but {} bytes are left",
+                rest.len()
+            )));
+        }
+        if LOOPED_CONTAINERS.contains(&&code) {
+            let inner = &rest[hlen as usize..size as usize];
+            // `meta` is a full box (4 bytes of version and flags) in MP4, a plain one in
+            // QuickTime: the crate tells them apart by a zero first word.
+            let inner = if &code == b"meta" && inner.get(0..4) == Some(&[0; 4]) {
+                &inner[4..]
+            } else {
+                inner
+            };
+            check_children(path, &code, inner, depth + 1)?;
+        }
+        pos += size as usize;
+    }
+    Ok(())
+}
+
 /// The children of a box body: `(code, body)` for each box that fits.
 fn children(body: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
     let mut pos = 0usize;
@@ -187,6 +258,34 @@ mod tests {
         let mut cut = trak(b"vide", b"avc1");
         cut.truncate(cut.len() - 5);
         assert!(tracks(&cut).is_empty());
+    }
+
+    #[test]
+    fn a_box_of_size_zero_inside_moov_is_refused() {
+        let p = Path::new("loop.mp4");
+        let good = trak(b"vide", b"avc1");
+        assert!(check_nested(p, &good).is_ok());
+        // an `stbl` holding a child of size 0, as the `mp4` fuzz target's input had
+        let zero = [0u8, 0, 0, 0, b'f', b'r', b'e', b'e'];
+        let stbl = bx(b"stbl", &zero);
+        let bad = bx(b"trak", &bx(b"mdia", &bx(b"minf", &stbl)));
+        let e = check_nested(p, &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("'stbl'") && e.contains("size 0") && e.contains("loop.mp4"),
+            "{e}"
+        );
+        // a child larger than its parent, and one smaller than its header
+        let mut over = bx(b"trak", &bx(b"mdia", &[]));
+        over[11] = 200;
+        assert!(check_nested(p, &over)
+            .unwrap_err()
+            .to_string()
+            .contains("size 200"));
+        let tiny = bx(b"trak", &[0, 0, 0, 3, b'a', b'b', b'c', b'd']);
+        assert!(check_nested(p, &tiny)
+            .unwrap_err()
+            .to_string()
+            .contains("size 3"));
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl VideoReader {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let moov = boxes::read_moov(path, &mut file, file_len)?;
+        boxes::check_nested(path, &moov)?;
         let kinds = boxes::tracks(&moov);
         drop(moov);
         let video: Vec<_> = kinds.iter().filter(|k| &k.handler == b"vide").collect();

@@ -252,3 +252,16 @@ fn zero_frames_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn a_box_of_size_zero_inside_moov_is_refused_not_looped_on() {
+    // The `mp4` fuzz target's finding: the mp4 crate re-reads a size-0 child of `stbl`
+    // for ever. The input is kept in fuzz/regressions/mp4/.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions/mp4/size0_box_in_stbl.mp4");
+    let e = open_err(&path, DEFAULT_MAX_PIXELS).to_string();
+    assert!(
+        e.contains("size0_box_in_stbl.mp4") && e.contains("size 0"),
+        "{e}"
+    );
+}

@@ -46,6 +46,11 @@ pub const FORMAT: &str = "yolo-rs/1";
 /// head or metadata, and the model such a count describes would not fit in memory.
 pub const MAX_CLASSES: usize = 1_000_000;
 
+/// The widest MobileNetV2 a file's `width_mult` may ask for (the published ones go from
+/// 0.35 to 1.4): a larger or infinite multiplier is corrupt metadata, and the channel
+/// counts it implies would overflow.
+pub const MAX_WIDTH_MULT: f64 = 16.0;
+
 /// What a canonical file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
@@ -171,8 +176,13 @@ impl WeightsMeta {
         };
         let width_mult = match meta.get("width_mult") {
             Some(w) => match w.parse::<f64>() {
-                Ok(v) if v > 0.0 => v,
-                _ => return Err(bad("width_mult", format!("`{w}` is not positive"))),
+                Ok(v) if v > 0.0 && v <= MAX_WIDTH_MULT => v,
+                _ => {
+                    return Err(bad(
+                        "width_mult",
+                        format!("`{w}` is not a number in (0, {MAX_WIDTH_MULT}]"),
+                    ))
+                }
             },
             None => 1.0,
         };
@@ -388,5 +398,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("calibration_images"), "{err}");
+    }
+
+    #[test]
+    fn width_multipliers_outside_the_bound_are_refused() {
+        for bad in ["inf", "NaN", "0", "-1", "16.5", "1e300"] {
+            let err = meta(&[("width_mult", bad)]).unwrap_err().to_string();
+            assert!(
+                err.contains("width_mult") && err.contains(bad) && err.contains("w.safetensors"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(meta(&[("width_mult", "1.4")]).unwrap().width_mult, 1.4);
     }
 }
