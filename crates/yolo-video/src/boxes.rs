@@ -90,9 +90,9 @@ pub(crate) fn read_moov(path: &Path, file: &mut File, len: u64) -> Result<Vec<u8
 
 /// The boxes whose children the `mp4` crate reads in a loop that skips each child by its
 /// declared size: a child of size 0 there would be read again and again, for ever.
-const LOOPED_CONTAINERS: [&[u8; 4]; 12] = [
+const LOOPED_CONTAINERS: [&[u8; 4]; 13] = [
     b"moov", b"trak", b"mdia", b"minf", b"stbl", b"dinf", b"mvex", b"udta", b"moof", b"traf",
-    b"meta", b"ilst",
+    b"meta", b"ilst", b"dref",
 ];
 
 /// Checks the boxes inside `moov` before the `mp4` crate walks them: in every container it
@@ -147,8 +147,11 @@ fn check_children(path: &Path, parent: &[u8; 4], body: &[u8], depth: usize) -> R
             let inner = &rest[hlen as usize..size as usize];
             // `meta` is a full box (4 bytes of version and flags) in MP4, a plain one in
             // QuickTime: the crate tells them apart by a zero first word.
+            // `dref` has version, flags and an entry count (8 bytes) before its entries.
             let inner = if &code == b"meta" && inner.get(0..4) == Some(&[0; 4]) {
                 &inner[4..]
+            } else if &code == b"dref" {
+                inner.get(8..).unwrap_or_default()
             } else {
                 inner
             };
@@ -281,6 +284,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("size 200"));
+        // a `dref` entry of size 0 (the second finding: the crate re-reads it up to the
+        // entry count, 2^32 times)
+        let dref = bx(b"dref", &[&[0u8, 0, 0, 0, 0, 0, 0, 9][..], &zero].concat());
+        let bad = bx(b"trak", &bx(b"mdia", &bx(b"minf", &bx(b"dinf", &dref))));
+        let e = check_nested(p, &bad).unwrap_err().to_string();
+        assert!(e.contains("'dref'") && e.contains("size 0"), "{e}");
         let tiny = bx(b"trak", &[0, 0, 0, 3, b'a', b'b', b'c', b'd']);
         assert!(check_nested(p, &tiny)
             .unwrap_err()

@@ -255,13 +255,20 @@ fn zero_frames_is_an_error() {
 
 #[test]
 fn a_box_of_size_zero_inside_moov_is_refused_not_looped_on() {
-    // The `mp4` fuzz target's finding: the mp4 crate re-reads a size-0 child of `stbl`
-    // for ever. The input is kept in fuzz/regressions/mp4/.
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/regressions/mp4/size0_box_in_stbl.mp4");
-    let e = open_err(&path, DEFAULT_MAX_PIXELS).to_string();
-    assert!(
-        e.contains("size0_box_in_stbl.mp4") && e.contains("size 0"),
-        "{e}"
-    );
+    // The `mp4` fuzz target's findings: the mp4 crate re-reads a size-0 child of `stbl`
+    // for ever, and one of `dref` up to its entry count. The inputs are kept in
+    // fuzz/regressions/mp4/.
+    for (name, parent) in [
+        ("size0_box_in_stbl.mp4", "'stbl'"),
+        ("size0_box_in_dref.mp4", "'dref'"),
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/mp4")
+            .join(name);
+        let e = open_err(&path, DEFAULT_MAX_PIXELS).to_string();
+        assert!(
+            e.contains(name) && e.contains("size 0") && e.contains(parent),
+            "{e}"
+        );
+    }
 }
