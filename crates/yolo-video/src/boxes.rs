@@ -71,6 +71,13 @@ pub(crate) fn read_moov(path: &Path, file: &mut File, len: u64) -> Result<Vec<u8
             ));
         }
         if &code == b"moov" {
+            // The mp4 crate reads every moov box, this check only one: a file has one.
+            if moov.is_some() {
+                return Err(Error::malformed(
+                    path,
+                    format!("a second moov box at byte {pos}: a file has one"),
+                ));
+            }
             if size - hlen > MAX_MOOV {
                 return Err(Error::malformed(
                     path,
