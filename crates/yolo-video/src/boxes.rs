@@ -60,7 +60,7 @@ pub(crate) fn read_moov(path: &Path, file: &mut File, len: u64) -> Result<Vec<u8
                 format!("the box at byte {pos} has an impossible size {size}"),
             ));
         }
-        if pos + size > len {
+        if size > len - pos {
             return Err(Error::malformed(
                 path,
                 format!(
