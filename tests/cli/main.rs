@@ -16,12 +16,13 @@ mod synthetic;
 mod precision;
 use synthetic::{image, weights};
 
-/// `yolo-cli run` on the synthetic weights at 64x64, run in `cwd`.
-fn run(cwd: &Path) -> Command {
+/// `yolo-cli SUBCOMMAND` with the model flags of the synthetic MobileNetV2 at 64x64 on
+/// the weights `w`, run in `cwd`.
+fn model_command(cwd: &Path, subcommand: &str, w: &Path) -> Command {
     let mut cmd = Command::cargo_bin("yolo-cli").unwrap();
     cmd.current_dir(cwd)
         .args([
-            "run",
+            subcommand,
             "--backbone",
             "mobilenetv2",
             "--input-size",
@@ -30,8 +31,13 @@ fn run(cwd: &Path) -> Command {
             "cpu",
             "--weights",
         ])
-        .arg(weights());
+        .arg(w);
     cmd
+}
+
+/// `yolo-cli run` on the synthetic weights at 64x64, run in `cwd`.
+fn run(cwd: &Path) -> Command {
+    model_command(cwd, "run", &weights())
 }
 
 fn stdout_of(out: &std::process::Output) -> String {

@@ -7,42 +7,16 @@ use std::sync::OnceLock;
 use assert_cmd::Command;
 use serde_json::Value;
 
-use super::{assert_no_panic, image, run, stderr_of, stdout_of, weights};
+use super::{assert_no_panic, image, model_command, run, stderr_of, stdout_of, weights};
 
 /// `yolo-cli quantize` on the synthetic weights at 64x64, run in `cwd`.
 fn quantize(cwd: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("yolo-cli").unwrap();
-    cmd.current_dir(cwd)
-        .args([
-            "quantize",
-            "--backbone",
-            "mobilenetv2",
-            "--input-size",
-            "64",
-            "--device",
-            "cpu",
-            "--weights",
-        ])
-        .arg(weights());
-    cmd
+    model_command(cwd, "quantize", &weights())
 }
 
 /// `yolo-cli run` at 64x64 on the weights `w`, run in `cwd`.
 fn run_on(cwd: &Path, w: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("yolo-cli").unwrap();
-    cmd.current_dir(cwd)
-        .args([
-            "run",
-            "--backbone",
-            "mobilenetv2",
-            "--input-size",
-            "64",
-            "--device",
-            "cpu",
-            "--weights",
-        ])
-        .arg(w);
-    cmd
+    model_command(cwd, "run", w)
 }
 
 /// The int8 file of the synthetic weights (made once per test process), and the
