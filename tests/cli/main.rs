@@ -37,7 +37,7 @@ fn model_command(cwd: &Path, subcommand: &str, w: &Path) -> Command {
 
 /// `yolo-cli run` on the synthetic weights at 64x64, run in `cwd`.
 fn run(cwd: &Path) -> Command {
-    model_command(cwd, "run", &weights())
+    model_command(cwd, "run", weights())
 }
 
 fn stdout_of(out: &std::process::Output) -> String {

@@ -11,7 +11,7 @@ use super::{assert_no_panic, image, model_command, run, stderr_of, stdout_of, we
 
 /// `yolo-cli quantize` on the synthetic weights at 64x64, run in `cwd`.
 fn quantize(cwd: &Path) -> Command {
-    model_command(cwd, "quantize", &weights())
+    model_command(cwd, "quantize", weights())
 }
 
 /// `yolo-cli run` at 64x64 on the weights `w`, run in `cwd`.
