@@ -13,6 +13,13 @@ RSS belongs to it):
         --backbone mobilenetv2 --num-classes 20 --size 416 --batch 1 --threads 2
     python tools/bench/bench_py.py video --onnx target/bench/yolo_darknet53_80_416.onnx \
         --video target/bench/clip.mp4 --size 416 --threads 2
+    python tools/bench/bench_py.py calib --images target/bench/calib_set/images \
+        --size 416 --out target/bench/calib_416.f32
+    python tools/bench/bench_py.py quantize --onnx target/bench/yolo_darknet53_80_416.onnx \
+        --calib target/bench/calib_416.f32 --size 416 \
+        --out target/bench/yolo_darknet53_80_416_int8.onnx
+    python tools/bench/bench_py.py ort --precision int8 \
+        --onnx target/bench/yolo_darknet53_80_416_int8.onnx --backbone darknet53 ...
 
 The models are the reference ones (tools/reference/models.py) with the same
 deterministic weights as the Rust side (tools/reference/detweights.py). `torch` and
@@ -22,12 +29,22 @@ OpenCV's `VideoCapture` decodes the clip frame by frame, each frame is letterbox
 the input size (OpenCV bicubic resize, grey padding, RGB, /255) and run through ONNX
 Runtime; it prints frames, ms per frame for decoding, preprocessing and inference, and
 frames per second over the whole loop.
+
+`calib` and `quantize` prepare the int8 peer of `cargo xtask bench --precision`. `calib`
+writes the calibration inputs both sides use: the image files of `--images` (sorted by
+name, already `--size` x `--size`: our letterbox then leaves them as they are) as RGB,
+/255, CHW, raw little-endian f32, (N, 3, S, S), no header. `quantize` runs
+`onnxruntime.quantization.quant_pre_process` and `quantize_static` on `--onnx` with those
+inputs one image at a time: QDQ, per-channel weights, u8 activations and s8 weights
+(U8S8, ORT's choice for x86 with VNNI), MinMax calibration. `ort --precision int8` times
+the result (impl "onnxruntime-int8").
 """
 
 import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -76,6 +93,7 @@ def report(impl, args, times, extra):
     per_image = median / args.batch
     out = {
         "impl": impl,
+        "precision": args.precision,
         "backbone": args.backbone,
         "num_classes": args.num_classes,
         "size": args.size,
@@ -93,6 +111,94 @@ def report(impl, args, times, extra):
     }
     out.update(extra)
     print(json.dumps(out), flush=True)
+
+
+def read_calib(path, size):
+    """The (N, 3, size, size) f32 inputs of a file written by `calib`."""
+    raw = np.fromfile(path, dtype="<f4")
+    per_image = 3 * size * size
+    if raw.size == 0 or raw.size % per_image:
+        raise SystemExit(f"{path}: {raw.size} floats is not a whole number of (3, {size}, {size}) images")
+    return raw.reshape(-1, 3, size, size)
+
+
+def replace_atomically(tmp, dst):
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    os.replace(tmp, dst)
+
+
+def calib(args):
+    import cv2
+
+    names = sorted(n for n in os.listdir(args.images)
+                   if n.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")))
+    if not names:
+        raise SystemExit(f"no images in {args.images}")
+    out = []
+    for n in names:
+        bgr = cv2.imread(os.path.join(args.images, n), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SystemExit(f"cannot read {n}")
+        if bgr.shape[:2] != (args.size, args.size):
+            raise SystemExit(f"{n} is {bgr.shape[1]}x{bgr.shape[0]}, not {args.size}x{args.size}")
+        out.append(bgr[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0)
+    x = np.ascontiguousarray(np.stack(out), dtype="<f4")
+    tmp = args.out + ".tmp"
+    x.tofile(tmp)
+    replace_atomically(tmp, args.out)
+    print(json.dumps({"calib": args.out, "images": len(names), "shape": list(x.shape)}))
+
+
+def quantize(args):
+    import onnxruntime as ort
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quant_pre_process, quantize_static)
+
+    x = read_calib(args.calib, args.size)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(x[i:i + 1] for i in range(len(x)))
+
+        def get_next(self):
+            batch = next(self.it, None)
+            return None if batch is None else {"images": batch}
+
+    start = time.perf_counter()
+    src, out = os.path.abspath(args.onnx), os.path.abspath(args.out)
+    # The quantisation tools leave files in the working directory (external tensor data,
+    # "sym_shape_infer_temp.onnx") when they fail: work in a temporary one.
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as work:
+        os.chdir(work)
+        pre = os.path.join(work, "pre.onnx")
+        # Without auto_merge, ORT's symbolic shape inference stops on these graphs with
+        # "Incomplete symbolic shape inference".
+        quant_pre_process(src, pre, auto_merge=True)
+        tmp = os.path.join(work, "int8.onnx")
+        quantize_static(
+            pre,
+            tmp,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        replace_atomically(tmp, out)
+        os.chdir(HERE)
+    print(json.dumps({
+        "quantized": args.out,
+        "calibration_images": len(x),
+        "format": "QDQ",
+        "per_channel": True,
+        "activations": "QUInt8",
+        "weights": "QInt8",
+        "calibration": "MinMax",
+        "bytes": os.path.getsize(args.out),
+        "seconds": round(time.perf_counter() - start, 1),
+        "onnxruntime": ort.__version__,
+    }))
 
 
 def video(args):
@@ -149,7 +255,7 @@ def video(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["export", "weights", "torch", "ort", "video"])
+    p.add_argument("mode", choices=["export", "weights", "torch", "ort", "video", "calib", "quantize"])
     p.add_argument("--backbone", default="mobilenetv2")
     p.add_argument("--num-classes", type=int, default=20)
     p.add_argument("--size", type=int, default=416)
@@ -158,15 +264,25 @@ def main():
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--onnx", default=None)
-    p.add_argument("--out", default=None, help="weights: the .safetensors to write")
+    p.add_argument("--out", default=None, help="weights, calib, quantize: the file to write")
     p.add_argument("--video", default=None, help="video: the clip to read")
+    p.add_argument("--precision", default="f32", choices=["f32", "int8"],
+                   help="ort: what --onnx holds (int8: a file of `quantize`), for the record")
+    p.add_argument("--images", default=None, help="calib: the folder of images")
+    p.add_argument("--calib", default=None, help="quantize: the raw f32 file of `calib`")
     args = p.parse_args()
+    if args.mode in ("calib", "quantize") and not args.out:
+        p.error(f"{args.mode} needs --out")
 
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 3, args.size, args.size), dtype=np.float32)
 
     if args.mode == "video":
         video(args)
+    elif args.mode == "calib":
+        calib(args)
+    elif args.mode == "quantize":
+        quantize(args)
     elif args.mode == "weights":
         from safetensors.torch import save_file
 
@@ -211,7 +327,8 @@ def main():
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(args.onnx, so, providers=["CPUExecutionProvider"])
         times = timed(lambda: sess.run(None, {"images": x}), args.iters, args.warmup)
-        report("onnxruntime", args, times, {"version": ort.__version__})
+        impl = "onnxruntime" if args.precision == "f32" else "onnxruntime-" + args.precision
+        report(impl, args, times, {"version": ort.__version__})
 
 
 if __name__ == "__main__":
