@@ -18,6 +18,14 @@
 //!    Runtime on the same clip and weights (`tools/bench/bench_py.py video`);
 //! 6. prints one table with the ratios ours / theirs and writes every raw record to
 //!    `target/bench/results.json`.
+//!
+//! `--precision` times, instead, ours in f32, bf16 and int8 against ONNX Runtime in f32 and
+//! int8, in the same alternating rounds (five processes per round), and prints one table
+//! with their ratios and the batch-1 targets. Both int8 models are quantised once, cached in
+//! `target/bench/`, on the same calibration inputs: `make_synthetic`'s images at the input
+//! size, written as raw f32 by `bench_py.py calib`; ours by `bench_speed --quantize`, ONNX
+//! Runtime's by `bench_py.py quantize` (`quantize_static`: QDQ, per-channel, U8S8, MinMax).
+//! The timed int8 processes load the quantised files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,6 +61,11 @@ pub struct BenchArgs {
     /// Input side.
     #[arg(long, default_value_t = 416)]
     size: usize,
+    /// The precision table instead: ours f32, bf16 and int8 against ONNX Runtime f32 and
+    /// int8 (`quantize_static`, QDQ, per-channel), both quantised on the same calibration
+    /// images, with the batch-1 targets; PyTorch and the `yolo-cli` lines are skipped.
+    #[arg(long)]
+    precision: bool,
     /// Only our implementation (no Python peers).
     #[arg(long)]
     no_python: bool,
@@ -481,6 +494,137 @@ fn bench_video(root: &Path, py: &Path, args: &BenchArgs, dir: &Path) -> Result<S
     ))
 }
 
+/// What every timed configuration shares: the binaries, the thread count, the iterations.
+struct Bench<'a> {
+    root: &'a Path,
+    args: &'a BenchArgs,
+    /// `target/bench`: ONNX files, calibration inputs, int8 files, results.
+    dir: PathBuf,
+    ours_bin: PathBuf,
+    py: Option<PathBuf>,
+    /// Timed runs per round: ceil(iters / rounds).
+    per_round: usize,
+}
+
+impl<'a> Bench<'a> {
+    /// Builds `bench_speed` in release and, unless `--no-python`, sets up the Python peers.
+    fn new(root: &'a Path, args: &'a BenchArgs) -> Result<Self> {
+        let dir = root.join("target/bench");
+        std::fs::create_dir_all(&dir)?;
+        run(cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "yolov3-head",
+                "--example",
+                "bench_speed",
+            ])
+            .current_dir(root))?;
+        let py = if args.no_python {
+            None
+        } else {
+            Some(python_env(root, &args.python)?)
+        };
+        Ok(Self {
+            root,
+            args,
+            dir,
+            ours_bin: root.join("target/release/examples/bench_speed"),
+            py,
+            per_round: args.iters.div_ceil(args.rounds as usize),
+        })
+    }
+
+    /// The model, size, batch, iterations and thread count of one timed configuration.
+    fn common(&self, cmd: &mut Command, m: &Model, batch: usize) {
+        let threads = self.args.threads.to_string();
+        cmd.args(["--backbone", m.backbone])
+            .args(["--num-classes", &m.num_classes.to_string()])
+            .args(["--size", &self.args.size.to_string()])
+            .args(["--batch", &batch.to_string()])
+            .args(["--iters", &self.per_round.to_string()])
+            .args(["--warmup", &self.args.warmup.to_string()])
+            .env("RAYON_NUM_THREADS", &threads)
+            .env("OMP_NUM_THREADS", &threads)
+            .current_dir(self.root);
+    }
+
+    /// `bench_speed` on `m` at `batch`.
+    fn ours(&self, m: &Model, batch: usize) -> Command {
+        let mut cmd = Command::new(&self.ours_bin);
+        self.common(&mut cmd, m, batch);
+        cmd
+    }
+
+    /// `bench_py.py MODE` on `m` at `batch`, with the thread count.
+    fn peer(&self, py: &Path, mode: &str, m: &Model, batch: usize) -> Command {
+        let mut cmd = Command::new(py);
+        cmd.arg(self.root.join("tools/bench/bench_py.py")).arg(mode);
+        self.common(&mut cmd, m, batch);
+        cmd.args(["--threads", &self.args.threads.to_string()]);
+        cmd
+    }
+
+    /// The f32 ONNX file of `m` (exported once).
+    fn onnx(&self, py: &Path, m: &Model) -> Result<PathBuf> {
+        let onnx = self.dir.join(format!(
+            "yolo_{}_{}_{}.onnx",
+            m.backbone, m.num_classes, self.args.size
+        ));
+        if !onnx.exists() {
+            run_json(self.peer(py, "export", m, 1).arg("--onnx").arg(&onnx))?;
+        }
+        Ok(onnx)
+    }
+
+    /// Runs the commands `cmds` make one after the other, `--rounds` times, and returns
+    /// each one's records (one per round), in the order of `cmds`.
+    fn alternate(&self, cmds: &[&dyn Fn() -> Command]) -> Result<Vec<Vec<Value>>> {
+        let mut out = vec![Vec::new(); cmds.len()];
+        for _ in 0..self.args.rounds {
+            for (make, records) in cmds.iter().zip(&mut out) {
+                records.push(run_json(&mut make())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first line of a table: what was timed, and how.
+    fn header(&self, precisions: &str) -> String {
+        format!(
+            "{} x {} {precisions}, {} threads, median of {} runs ({} alternating rounds of {} after {} warm-up runs each); ms per image",
+            self.args.size,
+            self.args.size,
+            self.args.threads,
+            self.per_round * self.args.rounds as usize,
+            self.args.rounds,
+            self.per_round,
+            self.args.warmup
+        )
+    }
+
+    /// Writes every record to `target/bench/results.json`.
+    fn save(&self, records: Vec<Value>) -> Result<PathBuf> {
+        let path = self.dir.join("results.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&Value::Array(records))?)?;
+        Ok(path)
+    }
+}
+
+/// Pools each implementation's rounds (`pooled`), in order; `None` where there were none.
+fn pool_all(runs: &[Vec<Value>], batch: usize) -> Result<Vec<Option<Value>>> {
+    runs.iter().map(|r| pooled(r, batch)).collect()
+}
+
+fn ms(v: &Option<Value>) -> Option<f64> {
+    v.as_ref().and_then(|v| f(v, "ms_per_image"))
+}
+
+fn rss(v: &Option<Value>) -> Option<f64> {
+    v.as_ref().and_then(|v| f(v, "peak_rss_mib"))
+}
+
 /// Runs the benchmark and prints the table.
 pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     let models = args
@@ -488,89 +632,38 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         .iter()
         .map(|m| model(m))
         .collect::<Result<Vec<_>>>()?;
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    run(cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "yolov3-head",
-            "--example",
-            "bench_speed",
-        ])
-        .current_dir(root))?;
-    let ours_bin = root.join("target/release/examples/bench_speed");
-    let py = if args.no_python {
-        None
-    } else {
-        Some(python_env(root, &args.python)?)
-    };
-    let threads = args.threads.to_string();
-    let rounds = args.rounds as usize;
-    let per_round = args.iters.div_ceil(rounds);
-    let common = |cmd: &mut Command, m: &Model, batch: usize| {
-        cmd.args(["--backbone", m.backbone])
-            .args(["--num-classes", &m.num_classes.to_string()])
-            .args(["--size", &args.size.to_string()])
-            .args(["--batch", &batch.to_string()])
-            .args(["--iters", &per_round.to_string()])
-            .args(["--warmup", &args.warmup.to_string()])
-            .env("RAYON_NUM_THREADS", &threads)
-            .env("OMP_NUM_THREADS", &threads)
-            .current_dir(root);
-    };
+    let b = Bench::new(root, &args)?;
+    if args.precision {
+        return bench_precision(&b, &models);
+    }
     let started = machine();
     let mut records = Vec::new();
     let mut rows = Vec::new();
     for m in &models {
-        let onnx = dir.join(format!(
-            "yolo_{}_{}_{}.onnx",
-            m.backbone, m.num_classes, args.size
-        ));
-        if let Some(py) = &py {
-            if !onnx.exists() {
-                let mut cmd = Command::new(py);
-                cmd.arg(root.join("tools/bench/bench_py.py")).arg("export");
-                common(&mut cmd, m, 1);
-                run_json(cmd.arg("--onnx").arg(&onnx))?;
-            }
-        }
+        let onnx = b.py.as_deref().map(|py| b.onnx(py, m)).transpose()?;
         for &batch in &args.batches {
             // Each round: ours, then PyTorch and ONNX Runtime, each in its own process.
-            let (mut ours, mut torch, mut ort) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..rounds {
-                let mut cmd = Command::new(&ours_bin);
-                common(&mut cmd, m, batch);
-                ours.push(run_json(&mut cmd)?);
-                if let Some(py) = &py {
-                    let mut cmd = Command::new(py);
-                    cmd.arg(root.join("tools/bench/bench_py.py")).arg("torch");
-                    common(&mut cmd, m, batch);
-                    torch.push(run_json(cmd.args(["--threads", &threads]))?);
-                    let mut cmd = Command::new(py);
-                    cmd.arg(root.join("tools/bench/bench_py.py")).arg("ort");
-                    common(&mut cmd, m, batch);
-                    ort.push(run_json(
-                        cmd.args(["--threads", &threads]).arg("--onnx").arg(&onnx),
-                    )?);
+            let ours = || b.ours(m, batch);
+            let runs = match (&b.py, &onnx) {
+                (Some(py), Some(onnx)) => {
+                    b.alternate(&[&ours, &|| b.peer(py, "torch", m, batch), &|| {
+                        let mut cmd = b.peer(py, "ort", m, batch);
+                        cmd.arg("--onnx").arg(onnx);
+                        cmd
+                    }])?
                 }
-            }
+                _ => b.alternate(&[&ours])?,
+            };
             let candle = if args.candle_baseline && batch == 1 {
-                let mut cmd = Command::new(&ours_bin);
-                common(&mut cmd, m, batch);
-                Some(run_json(cmd.env("NN_BLOCKS_FAST_CONV", "0"))?)
+                Some(run_json(b.ours(m, batch).env("NN_BLOCKS_FAST_CONV", "0"))?)
             } else {
                 None
             };
-            records.extend(ours.iter().chain(&torch).chain(&ort).cloned());
-            let (ours, torch, ort) = (
-                pooled(&ours, batch)?,
-                pooled(&torch, batch)?,
-                pooled(&ort, batch)?,
-            );
-            let ms = |v: &Option<Value>| v.as_ref().and_then(|v| f(v, "ms_per_image"));
-            let rss = |v: &Option<Value>| v.as_ref().and_then(|v| f(v, "peak_rss_mib"));
+            records.extend(runs.iter().flatten().cloned());
+            let mut pooled = pool_all(&runs, batch)?.into_iter();
+            let ours = pooled.next().flatten();
+            let torch = pooled.next().flatten();
+            let ort = pooled.next().flatten();
             rows.push(format!(
                 "| {} | {batch} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} |",
                 m.label,
@@ -594,9 +687,9 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     let cli = if args.no_cli {
         None
     } else {
-        match &py {
+        match &b.py {
             Some(py) => Some(
-                bench_cli(root, py, &args, &dir)
+                bench_cli(root, py, &args, &b.dir)
                     .unwrap_or_else(|e| format!("yolo-cli run: not measured ({e:#})")),
             ),
             None => Some("yolo-cli run: not measured (needs Python for the weights)".into()),
@@ -605,9 +698,9 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     let video = if args.no_video {
         None
     } else {
-        match &py {
+        match &b.py {
             Some(py) => Some(
-                bench_video(root, py, &args, &dir)
+                bench_video(root, py, &args, &b.dir)
                     .unwrap_or_else(|e| format!("yolo-cli run clip.mp4: not measured ({e:#})")),
             ),
             None => Some(
@@ -616,22 +709,10 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             ),
         }
     };
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&Value::Array(records))?,
-    )?;
+    let results = b.save(records)?;
 
     println!();
-    println!(
-        "{} x {} f32, {} threads, median of {} runs ({} alternating rounds of {} after {} warm-up runs each); ms per image",
-        args.size,
-        args.size,
-        args.threads,
-        per_round * rounds,
-        rounds,
-        per_round,
-        args.warmup
-    );
+    println!("{}", b.header("f32"));
     println!("machine at start: {started}");
     println!("machine at end:   {}", machine());
     println!();
@@ -651,6 +732,185 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         println!("{video}");
     }
     println!();
-    println!("raw records: {}", dir.join("results.json").display());
+    println!("raw records: {}", results.display());
+    Ok(())
+}
+
+/// Calibration images of `--precision`, made by `make_synthetic` (seed 0, at the input size).
+const CALIB_IMAGES: usize = 16;
+/// Images per calibration batch of our `--quantize`.
+const CALIB_BATCH: usize = 4;
+
+/// The targets of `--precision`, at batch 1: (what, numerator, denominator, at most).
+const PRECISION_TARGETS: [(&str, usize, usize, f64); 3] = [
+    ("int8 / ORT f32", INT8, ORT_F32, 0.5),
+    ("int8 / ORT int8", INT8, ORT_INT8, 1.0),
+    ("bf16 / ours f32", BF16, F32, 0.7),
+];
+// The columns of `--precision`, in the order they run in each round.
+const F32: usize = 0;
+const BF16: usize = 1;
+const INT8: usize = 2;
+const ORT_F32: usize = 3;
+const ORT_INT8: usize = 4;
+
+/// The raw f32 calibration inputs, `(CALIB_IMAGES, 3, S, S)`, both sides quantise with:
+/// `make_synthetic`'s images (made once), turned into RGB / 255, CHW by `bench_py.py calib`.
+fn calibration_inputs(b: &Bench, py: &Path) -> Result<PathBuf> {
+    let size = b.args.size;
+    let raw = b.dir.join(format!("calib_{size}_{CALIB_IMAGES}.f32"));
+    if raw.exists() {
+        return Ok(raw);
+    }
+    let set = b.dir.join(format!("calib_set_{size}_{CALIB_IMAGES}"));
+    if !set.exists() {
+        run(cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "yolo-train",
+                "--example",
+                "make_synthetic",
+            ])
+            .current_dir(b.root))?;
+        let tmp = set.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        run(
+            Command::new(b.root.join("target/release/examples/make_synthetic"))
+                .arg(&tmp)
+                .args([&CALIB_IMAGES.to_string(), "0", &size.to_string(), "0"]),
+        )?;
+        std::fs::rename(&tmp, &set)?;
+    }
+    run_json(
+        Command::new(py)
+            .arg(b.root.join("tools/bench/bench_py.py"))
+            .arg("calib")
+            .arg("--images")
+            .arg(set.join("images"))
+            .args(["--size", &size.to_string()])
+            .arg("--out")
+            .arg(&raw)
+            .current_dir(b.root),
+    )?;
+    Ok(raw)
+}
+
+/// `cargo xtask bench --precision`: ours f32, bf16 and int8 against ONNX Runtime f32 and
+/// int8 (`quantize_static`), both quantised on the same calibration inputs.
+fn bench_precision(b: &Bench, models: &[Model]) -> Result<()> {
+    let py = b.py.as_deref().context(
+        "--precision needs Python (ONNX Runtime and the calibration inputs): drop --no-python",
+    )?;
+    let started = machine();
+    let calib = calibration_inputs(b, py)?;
+    let mut records = Vec::new();
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for m in models {
+        let stem = format!("yolo_{}_{}_{}", m.backbone, m.num_classes, b.args.size);
+        let onnx = b.onnx(py, m)?;
+        let ours_int8 = b.dir.join(format!("{stem}_int8.safetensors"));
+        if !ours_int8.exists() {
+            let mut cmd = b.ours(m, CALIB_BATCH);
+            run_json(
+                cmd.arg("--quantize")
+                    .arg(&calib)
+                    .arg("--out")
+                    .arg(&ours_int8),
+            )?;
+        }
+        let ort_int8 = b.dir.join(format!("{stem}_int8.onnx"));
+        if !ort_int8.exists() {
+            let mut cmd = b.peer(py, "quantize", m, 1);
+            run_json(
+                cmd.arg("--onnx")
+                    .arg(&onnx)
+                    .arg("--calib")
+                    .arg(&calib)
+                    .arg("--out")
+                    .arg(&ort_int8),
+            )?;
+        }
+        for &batch in &b.args.batches {
+            let ours = |precision: &str| {
+                let mut cmd = b.ours(m, batch);
+                cmd.args(["--precision", precision]);
+                if precision == "int8" {
+                    cmd.arg("--weights").arg(&ours_int8);
+                }
+                cmd
+            };
+            let ort = |precision: &str, onnx: &Path| {
+                let mut cmd = b.peer(py, "ort", m, batch);
+                cmd.args(["--precision", precision]).arg("--onnx").arg(onnx);
+                cmd
+            };
+            // in the order of the columns F32 .. ORT_INT8
+            let runs = b.alternate(&[
+                &|| ours("f32"),
+                &|| ours("bf16"),
+                &|| ours("int8"),
+                &|| ort("f32", &onnx),
+                &|| ort("int8", &ort_int8),
+            ])?;
+            records.extend(runs.iter().flatten().cloned());
+            let p = pool_all(&runs, batch)?;
+            let r = |num: usize, den: usize| ratio(ms(&p[num]), ms(&p[den]));
+            let mut row = format!("| {} | {batch} |", m.label);
+            for v in &p {
+                row += &format!(" {} | {} |", cell(ms(v), 1), cell(rss(v), 0));
+            }
+            for (_, num, den, _) in PRECISION_TARGETS {
+                row += &format!(" {} |", r(num, den));
+            }
+            rows.push(row);
+            if batch == 1 {
+                let verdicts: Vec<String> = PRECISION_TARGETS
+                    .iter()
+                    .map(|&(what, num, den, most)| {
+                        let verdict = match (ms(&p[num]), ms(&p[den])) {
+                            (Some(a), Some(b)) if a / b <= most => "met",
+                            (Some(_), Some(_)) => "NOT met",
+                            _ => "not measured",
+                        };
+                        format!("{what} {} (<= {most:.1}x: {verdict})", r(num, den))
+                    })
+                    .collect();
+                targets.push(format!("  {}: {}", m.label, verdicts.join("; ")));
+            }
+            records.extend(p.into_iter().flatten());
+        }
+    }
+    let results = b.save(records)?;
+
+    println!();
+    println!("{}", b.header("f32 / bf16 / int8"));
+    println!(
+        "int8: calibrated on the same {CALIB_IMAGES} synthetic images ({}); ours: percentile(99.99), \
+         per-channel s8 weights, u8 activations, first conv f32; ONNX Runtime: quantize_static, \
+         QDQ, per-channel, QUInt8 activations / QInt8 weights, MinMax",
+        calib.display()
+    );
+    println!("machine at start: {started}");
+    println!("machine at end:   {}", machine());
+    println!();
+    println!(
+        "| model | batch | ours f32 ms | RSS MiB | ours bf16 ms | RSS MiB | ours int8 ms | RSS MiB | ORT f32 ms | RSS MiB | ORT int8 ms | RSS MiB | int8/ORT-f32 | int8/ORT-int8 | bf16/ours-f32 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!("{r}");
+    }
+    println!();
+    println!(
+        "targets at batch 1: int8 <= 0.5x ORT f32 and <= 1.0x ORT int8; bf16 <= 0.7x ours f32"
+    );
+    for t in &targets {
+        println!("{t}");
+    }
+    println!();
+    println!("raw records: {}", results.display());
     Ok(())
 }
