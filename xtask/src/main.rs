@@ -9,7 +9,10 @@
 //! - `check-cuda`: `cargo check --workspace --features cuda` with nvcc from PyPI.
 //! - `bump-version`: one new version for every crate (root `Cargo.toml`).
 //! - `fuzz`: the cargo-fuzz targets of `fuzz/`, one after the other (nightly, cargo-fuzz).
+//! - `accuracy`: mAP and reproduced detections of bf16 and int8 against f32 on a trained
+//!   checkpoint (by default the synthetic-set model, trained once).
 
+mod accuracy;
 mod bench;
 mod bump;
 mod check_cuda;
@@ -45,6 +48,8 @@ enum Task {
     BumpVersion(bump::BumpArgs),
     /// Run the fuzz targets (nightly + cargo-fuzz): `--time S` each, or just TARGET.
     Fuzz(fuzz::FuzzArgs),
+    /// bf16 and int8 against f32 on a trained checkpoint: mAP@0.5 and reproduced detections.
+    Accuracy(accuracy::AccuracyArgs),
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -66,5 +71,6 @@ fn main() -> anyhow::Result<()> {
         Task::CheckCuda(args) => check_cuda::check_cuda(&root, args),
         Task::BumpVersion(args) => bump::bump(&root, args),
         Task::Fuzz(args) => fuzz::fuzz(&root, args),
+        Task::Accuracy(args) => accuracy::accuracy(&root, args),
     }
 }

@@ -3,12 +3,11 @@
 
 use std::path::PathBuf;
 
-use candle_core::DType;
-use candle_nn::VarBuilder;
 use clap::Args;
+use nn_blocks::Precision;
 use yolo_train::dataset::{load_annotations, BadLinePolicy};
 use yolo_train::plot::EvalPlotInput;
-use yolov3_head::{BackboneKind, ClassNames, YoloBody, YoloConfig};
+use yolov3_head::{BackboneKind, ClassNames, YoloConfig};
 
 /// Arguments of `yolo-cli eval`.
 #[derive(Debug, Args)]
@@ -52,6 +51,10 @@ pub struct EvalArgs {
     /// Where the network runs (default: the best one built in).
     #[arg(long, value_enum)]
     pub device: Option<crate::model::DeviceChoice>,
+    /// Arithmetic of the convolutions, as `run`'s flag: f32, bf16 (weights converted at
+    /// load) or int8 (needs a file written by `yolo-cli quantize`); default: the file's.
+    #[arg(long, value_name = "f32|bf16|int8")]
+    pub precision: Option<Precision>,
     #[command(flatten)]
     pub kernels: crate::args::KernelArgs,
 }
@@ -72,12 +75,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<std::process::ExitCode> {
         eprintln!("warning: skipped {s}");
     }
     let device = crate::model::select_device(args.device)?;
-    let tensors = candle_core::safetensors::load(&args.weights, &device)?;
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-    let model = YoloBody::new(
-        &YoloConfig::new(args.backbone, names.len()).with_kernels(args.kernels.policy()),
-        vb,
-    )?;
+    // the loader of `run`: any checkpoint `convert` reads, int8 files, --precision
+    let cfg = YoloConfig::new(args.backbone, names.len()).with_kernels(args.kernels.policy());
+    let model = crate::model::load_model(&args.weights, &cfg, args.precision, &device)?;
     let input_wh = crate::train::parse_size(&args.input_size)?;
     let anchors = crate::model::resolve_anchors(args.anchors.as_deref())?;
     let (dets, gts) = yolo_train::trainer::detect_samples(

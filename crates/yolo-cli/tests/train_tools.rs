@@ -282,6 +282,28 @@ fn train_and_eval_on_the_cpu() {
         })
         .sum();
     assert_eq!(in_matrix, gt_total, "{cm}");
+    // --precision as `run`'s: bf16 from the f32 checkpoint evaluates it as the f32 one
+    // (same ground truth, a mAP in [0, 1]); int8 needs a quantised file
+    let o = eval(&["--device", "cpu", "--json", "--precision", "bf16"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let bf16: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let map50 = bf16["map50"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&map50), "{bf16}");
+    let gts = |r: &serde_json::Value| -> Vec<u64> {
+        let classes = r["classes"].as_array().unwrap();
+        classes
+            .iter()
+            .map(|c| c["num_gt"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(gts(&bf16), gts(&report));
+    let o = eval(&["--device", "cpu", "--precision", "int8"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("yolo-cli quantize"),
+        "{}",
+        text(&o.stderr)
+    );
     // a score out of range is refused, naming the flag
     let o = eval(&["--device", "cpu", "--plots", "plots", "--plot-conf", "2"]);
     assert!(!o.status.success());
