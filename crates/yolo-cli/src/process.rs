@@ -31,6 +31,12 @@ pub fn fix_thread_count(threads: Option<usize>) -> usize {
 /// buffer does not come from a fresh `mmap` of zeroed pages that is unmapped again when
 /// the tensor drops (thousands of page faults fewer per forward pass; the same peak RSS).
 ///
+/// It also keeps one arena for every thread (`M_ARENA_MAX` 1). A thread other than the
+/// main one otherwise gets an arena of its own, made of heaps of at most 64 MiB that
+/// glibc shrinks and maps afresh, and whose larger blocks come from `mmap` whatever the
+/// threshold: `serve`'s inference thread took about 5200 page faults per Darknet53
+/// request at 416 that way, and none with one arena (`docs/performance.md`).
+///
 /// Returns whether it was applied: false off Linux/glibc, and false (glibc's defaults
 /// kept, for comparisons) when `enabled` is false.
 pub fn reuse_freed_buffers(enabled: bool) -> bool {
@@ -48,6 +54,7 @@ pub fn reuse_freed_buffers(enabled: bool) -> bool {
         let ok = unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, ONE_GIB) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, ONE_GIB) == 1
+                && libc::mallopt(libc::M_ARENA_MAX, 1) == 1
         };
         ok
     }
