@@ -2,48 +2,20 @@
 //! `tests/fixtures/video` (made by `tools/make_video_fixtures.sh`) against the same
 //! frames as PNG files, the drawn MP4 and label file, and the bad inputs.
 //!
-//! The weights are the synthetic MobileNetV2/VOC ones of the `cli` tests (same file name
-//! and contents, written once per build), and the network runs at 64x64.
+//! The weights are the synthetic MobileNetV2/VOC ones of the `cli` tests
+//! (`tests/common/synthetic.rs`, written once per build), and the network runs at 64x64.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use assert_cmd::Command;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use nn_blocks::weights::{synthetic_values, RecordingBackend, SyntheticWeights};
 use serde_json::Value;
 use yolo_video::{VideoReader, DEFAULT_MAX_PIXELS};
-use yolov3_head::{YoloBody, YoloConfig};
 
-/// The shared weights file (generated on first use), as in `tests/cli/main.rs`.
-fn weights() -> &'static Path {
-    static W: OnceLock<PathBuf> = OnceLock::new();
-    W.get_or_init(|| {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("cli-mobilenetv2-voc-synthetic-v1.safetensors");
-        if path.is_file() {
-            return path;
-        }
-        let (backend, log) = RecordingBackend::new(SyntheticWeights);
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
-        YoloBody::new(&YoloConfig::voc_mobilenetv2(), vb).expect("synthetic model");
-        let tensors: HashMap<String, Tensor> = log
-            .entries()
-            .into_iter()
-            .map(|(name, dims)| {
-                let t =
-                    Tensor::from_vec(synthetic_values(&name, &dims), dims, &Device::Cpu).unwrap();
-                (name, t)
-            })
-            .collect();
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        candle_core::safetensors::save(&tensors, &tmp).expect("write weights");
-        std::fs::rename(&tmp, &path).expect("rename weights");
-        path
-    })
-}
+// the weights file of the `cli` and `serve` tests (its `image` is not needed here)
+#[allow(dead_code)]
+#[path = "../../../tests/common/synthetic.rs"]
+mod synthetic;
+use synthetic::weights;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

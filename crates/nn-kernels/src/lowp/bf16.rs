@@ -16,7 +16,6 @@
 //! (`acc + x1 w1`, then `+ x0 w0`, as `vdpbf16ps` is specified), so they agree but for
 //! the instruction's flushing of denormals.
 
-use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
@@ -28,7 +27,6 @@ use super::{activate_scalar, has_avx512_bf16, has_avx512f, Isa};
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
 use crate::im2col::Geom;
-use crate::pool::pool_threads;
 use crate::storage::contiguous_f32;
 
 /// Where the prepared weights live.
@@ -325,14 +323,8 @@ impl CustomOp1 for Bf16Conv<'_> {
         let g = &self.geom;
         // (B, C_in, H, W)
         let x = contiguous_f32(s, l, "input")?;
-        // (B, C_out, OH, OW), left uninitialised: the driver writes every element.
-        let len = g.b * g.cout * g.positions();
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        let spare: &mut [MaybeUninit<f32>] = &mut out.spare_capacity_mut()[..len];
-        let threads = pool_threads();
-        driver::run(&self.format, g, x, self.packed, self.act, spare, threads);
-        // SAFETY: driver::run initialised all `len` elements.
-        unsafe { out.set_len(len) };
+        // (B, C_out, OH, OW)
+        let out = driver::run_to_vec(&self.format, g, x, self.packed, self.act);
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 }
@@ -409,7 +401,7 @@ pub(crate) fn conv_bf16_threads(
         kernel: Kernel::choose(isa),
     };
     let len = g.b * g.cout * g.positions();
-    let mut out = vec![MaybeUninit::new(f32::NAN); len];
+    let mut out = vec![std::mem::MaybeUninit::new(f32::NAN); len];
     driver::run(&format, &g, x, packed, act, &mut out, threads);
     // SAFETY: NaN-initialised above.
     out.into_iter()

@@ -327,6 +327,33 @@ unsafe fn compute_block<F: Format>(
     }
 }
 
+/// [`run`] into a new `(B, C_out, OH, OW)` buffer on the pool's threads: the output of
+/// the fused ops of `bf16.rs` and `int8.rs`.
+pub(crate) fn run_to_vec<F: Format>(
+    fmt: &F,
+    g: &Geom,
+    x: &[f32],
+    wp: &[u32],
+    act: Epilogue,
+) -> Vec<f32> {
+    // left uninitialised: `run` writes every element
+    let len = g.b * g.cout * g.positions();
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    run(
+        fmt,
+        g,
+        x,
+        wp,
+        act,
+        &mut out.spare_capacity_mut()[..len],
+        crate::pool::pool_threads(),
+    );
+    // SAFETY: `run` initialised all `len` elements (it asserts the slice's length and
+    // writes every output element of every image).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Fills `out` (B, C_out, OH, OW) with `act(conv(x, W))` in format `fmt`, `x`
 /// (B, C_in, H, W) contiguous `f32`, `wp` the packed weights, on `threads` threads.
 pub(crate) fn run<F: Format>(

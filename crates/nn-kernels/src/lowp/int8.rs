@@ -12,7 +12,6 @@
 //! AVX-VNNI but no AVX-512 run the same tile on 256-bit registers in four parts; others
 //! the portable kernel (about 0.4x the speed of the `f32` path: there, use `f32`).
 
-use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
@@ -23,7 +22,6 @@ use super::quant::{
 use super::{activate_scalar, has_avx_vnni, has_vnni, Isa};
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
-use crate::pool::pool_threads;
 use crate::storage::contiguous_f32;
 
 /// Largest depth `C_in * KH * KW` of the int8 kernel: with at most 255 * 128 per
@@ -468,21 +466,8 @@ impl CustomOp1 for Int8Conv<'_> {
         let g = &self.geom;
         // (B, C_in, H, W)
         let x = contiguous_f32(s, l, "input")?;
-        // (B, C_out, OH, OW), left uninitialised: the driver writes every element.
-        let len = g.b * g.cout * g.positions();
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        let spare: &mut [MaybeUninit<f32>] = &mut out.spare_capacity_mut()[..len];
-        driver::run(
-            &self.format,
-            g,
-            x,
-            &self.weights.packed,
-            self.act,
-            spare,
-            pool_threads(),
-        );
-        // SAFETY: driver::run initialised all `len` elements.
-        unsafe { out.set_len(len) };
+        // (B, C_out, OH, OW)
+        let out = driver::run_to_vec(&self.format, g, x, &self.weights.packed, self.act);
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 }
@@ -566,7 +551,7 @@ pub(crate) fn conv_int8_threads(
     let g = driver::geometry(dims, weights.dims, stride, padding).unwrap();
     let format = Int8::new(weights, x_quant, bias.to_vec(), kernel);
     let len = g.b * g.cout * g.positions();
-    let mut out = vec![MaybeUninit::new(f32::NAN); len];
+    let mut out = vec![std::mem::MaybeUninit::new(f32::NAN); len];
     driver::run(&format, &g, x, &weights.packed, act, &mut out, threads);
     // SAFETY: NaN-initialised above.
     out.into_iter()
