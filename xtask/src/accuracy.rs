@@ -21,7 +21,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::bench::{cargo, run};
+use crate::bench::{cargo, run, stdout_of};
 
 /// Arguments of `cargo xtask accuracy`.
 #[derive(Debug, clap::Args)]
@@ -324,15 +324,7 @@ fn output(cmd: &mut Command) -> Result<String> {
         ),
         None => eprintln!("$ {shown}"),
     }
-    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed with {}:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    stdout_of(cmd)
 }
 
 /// One detection: class and box.

@@ -126,9 +126,8 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cmd` and parses the last stdout line that is a JSON object.
-pub(crate) fn run_json(cmd: &mut Command) -> Result<Value> {
-    eprintln!("$ {cmd:?}");
+/// Runs `cmd` to the end and returns its stdout; fails with its stderr if it fails.
+pub(crate) fn stdout_of(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -137,7 +136,13 @@ pub(crate) fn run_json(cmd: &mut Command) -> Result<Value> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `cmd` and parses the last stdout line that is a JSON object.
+pub(crate) fn run_json(cmd: &mut Command) -> Result<Value> {
+    eprintln!("$ {cmd:?}");
+    let stdout = stdout_of(cmd)?;
     let line = stdout
         .lines()
         .rev()

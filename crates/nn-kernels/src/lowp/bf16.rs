@@ -16,7 +16,6 @@
 //! (`acc + x1 w1`, then `+ x0 w0`, as `vdpbf16ps` is specified), so they agree but for
 //! the instruction's flushing of denormals.
 
-
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::driver::{self, Format, OutTile, MR, NR};

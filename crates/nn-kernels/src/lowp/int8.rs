@@ -12,7 +12,6 @@
 //! AVX-VNNI but no AVX-512 run the same tile on 256-bit registers in four parts; others
 //! the portable kernel (about 0.4x the speed of the `f32` path: there, use `f32`).
 
-
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
 use super::driver::{self, Format, OutTile, MR, NR};
