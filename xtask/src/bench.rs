@@ -267,6 +267,18 @@ pub(crate) fn machine() -> String {
     format!("{cpu}, {cores} cores, load average {load}")
 }
 
+/// Runs a `yolo-cli run` command to the end and returns its per-stage summary (ms per
+/// image: load, preprocess, inference, postprocess), failing with its stderr.
+pub(crate) fn run_cli_split(cmd: &mut Command) -> Result<[f64; 4]> {
+    let out = cmd.output().context("starting yolo-cli run")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("yolo-cli run failed with {}:\n{stderr}", out.status);
+    }
+    cli_split(&stderr)
+        .with_context(|| format!("no per-stage summary in yolo-cli's output:\n{stderr}"))
+}
+
 /// Parses `mean per image: load X ms, preprocess Y ms, inference Z ms, postprocess W ms`
 /// (`mean per image or frame` with videos).
 pub(crate) fn cli_split(stderr: &str) -> Option<[f64; 4]> {
@@ -321,16 +333,10 @@ fn bench_cli(root: &Path, py: &Path, args: &BenchArgs, dir: &Path) -> Result<Str
         .env("RAYON_NUM_THREADS", args.threads.to_string())
         .current_dir(root);
     eprintln!("$ {cmd:?}");
-    let out = cmd.output().context("starting yolo-cli run")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("yolo-cli run failed with {}:\n{stderr}", out.status);
-    }
+    let split = run_cli_split(&mut cmd)?;
     let rss: Value = serde_json::from_str(std::fs::read_to_string(&rss_file)?.trim())?;
     let weights_mib = std::fs::metadata(&weights)?.len() as f64 / (1024.0 * 1024.0);
     let peak = f(&rss, "peak_rss_mib").unwrap_or(f64::NAN);
-    let split = cli_split(&stderr)
-        .with_context(|| format!("no per-stage summary in yolo-cli's output:\n{stderr}"))?;
     Ok(format!(
         "yolo-cli run, darknet53 (synthetic weights, {weights_mib:.0} MiB safetensors), {} images \
          of 768x576, batch 1, {} threads:\n  mean per image: load {:.1} ms, preprocess {:.1} ms, \
@@ -389,15 +395,8 @@ fn time_cli(
     .current_dir(root);
     eprintln!("$ {cmd:?}");
     let start = std::time::Instant::now();
-    let out = cmd.output().context("starting yolo-cli run")?;
-    let wall = start.elapsed().as_secs_f64();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("yolo-cli run failed with {}:\n{stderr}", out.status);
-    }
-    let split = cli_split(&stderr)
-        .with_context(|| format!("no per-stage summary in yolo-cli's output:\n{stderr}"))?;
-    Ok((split, wall))
+    let split = run_cli_split(&mut cmd)?;
+    Ok((split, start.elapsed().as_secs_f64()))
 }
 
 /// Times `yolo-cli run clip.mp4` (darknet53 at `--size`) on an H.264 clip of `--cli-images` frames made by ffmpeg, against the same frames as PNG

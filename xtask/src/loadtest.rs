@@ -314,28 +314,22 @@ fn run_time_per_image(
             std::fs::copy(image, &dst)?;
         }
     }
-    let out = Command::new(cli)
-        .args([
-            "run",
-            "--backbone",
-            backbone,
-            "--no-draw",
-            "--format",
-            "jsonl",
-        ])
-        .arg("--weights")
-        .arg(weights)
-        .args(["--input-size", &args.size.to_string()])
-        .args(["--threads", &args.threads.to_string()])
-        .arg(&dir)
-        .output()
-        .context("starting yolo-cli run")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("yolo-cli run failed:\n{stderr}");
-    }
-    let split =
-        bench::cli_split(&stderr).with_context(|| format!("no per-stage summary in:\n{stderr}"))?;
+    let split = bench::run_cli_split(
+        Command::new(cli)
+            .args([
+                "run",
+                "--backbone",
+                backbone,
+                "--no-draw",
+                "--format",
+                "jsonl",
+            ])
+            .arg("--weights")
+            .arg(weights)
+            .args(["--input-size", &args.size.to_string()])
+            .args(["--threads", &args.threads.to_string()])
+            .arg(&dir),
+    )?;
     Ok(split.iter().sum())
 }
 
