@@ -19,7 +19,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ModuleT, VarBuilder};
 
 use nn_kernels::{
@@ -271,6 +271,17 @@ enum Weights {
     },
 }
 
+/// Whether a block built for [`Precision::Bf16`] runs in bf16: dense convolutions do,
+/// except the 3x3 stride-1 ones that Winograd's path takes on the CPU. Its F(4x4, 3x3)
+/// saves 4x the multiply-adds, where bf16 saves at most 2x (and nothing on CPUs whose
+/// `vdpbf16ps` is slow), so those stay `f32` (measured in `docs/precision.md`).
+/// Depthwise convolutions stay `f32` (no bf16 kernel: they are memory-bound).
+fn runs_bf16(cfg: &ConvBnConfig, device: &Device) -> bool {
+    cfg.precision == Precision::Bf16
+        && cfg.groups == 1
+        && !(device.is_cpu() && cfg.kernels.winograd_applies(cfg.kernel_size, cfg.stride))
+}
+
 /// Convolution (no bias) + BatchNorm2d + activation.
 #[derive(Debug, Clone)]
 pub struct ConvBnAct {
@@ -354,8 +365,8 @@ impl ConvBnAct {
                 let folded = conv.absorb_bn(&bn)?;
                 let weight = folded.weight().detach();
                 let bias = folded.bias().map(Tensor::detach);
-                let weights = if cfg.precision == Precision::Bf16 && cfg.groups == 1 {
-                    // (C_out, C_in, K, K) rounded to bf16 once; depthwise stays f32
+                let weights = if runs_bf16(&cfg, weight.device()) {
+                    // (C_out, C_in, K, K) rounded to bf16 once
                     Weights::Bf16 {
                         weights: Bf16ConvWeights::new(&weight)?,
                         bias,
@@ -457,8 +468,8 @@ impl ConvBnAct {
     }
 
     /// The precision this block actually runs in: [`ConvBnAct::config`]'s, except for
-    /// the blocks that stay `f32` (depthwise ones in bf16, those kept in `f32` by an
-    /// int8 file).
+    /// the blocks that stay `f32` (in bf16: depthwise ones, and 3x3 stride-1 ones on the
+    /// CPU with Winograd on; in int8: those kept in `f32` by the file).
     pub fn runs_in(&self) -> Precision {
         match self.weights {
             Weights::F32(_) => Precision::F32,
@@ -703,7 +714,7 @@ impl Module for ConvBnAct {
 mod tests {
     use super::*;
     use crate::weights::SyntheticWeights;
-    use candle_core::{DType, Device};
+    use nn_kernels::Winograd;
     use test_support::max_abs_diff;
 
     fn block(mode: BnMode, act: Activation, groups: usize) -> ConvBnAct {
@@ -801,16 +812,27 @@ mod tests {
             let err = max_abs_diff(&int8.forward(&x).unwrap(), &want) / scale;
             assert!(err < 0.03, "int8 {act:?} {groups} {stride} {k}: {err}");
 
-            let bf16 = ConvBnAct::sequential(cfg.precision(Precision::Bf16), synthetic().pp("blk"))
-                .unwrap();
-            let expected = if groups == 1 {
-                Precision::Bf16
-            } else {
-                Precision::F32 // depthwise stays f32
+            let no_winograd = KernelPolicy {
+                winograd: Winograd::Off,
+                ..KernelPolicy::default()
             };
-            assert_eq!(bf16.runs_in(), expected);
-            let err = max_abs_diff(&bf16.forward(&x).unwrap(), &want) / scale;
-            assert!(err < 0.01, "bf16 {act:?} {groups} {stride} {k}: {err}");
+            for kernels in [KernelPolicy::default(), no_winograd] {
+                let cfg = cfg.kernels(kernels).precision(Precision::Bf16);
+                let bf16 = ConvBnAct::sequential(cfg, synthetic().pp("blk")).unwrap();
+                // depthwise stays f32, and so does Winograd's 3x3 stride 1
+                let expected = if groups > 1 || kernels.winograd_applies(k, stride) {
+                    Precision::F32
+                } else {
+                    Precision::Bf16
+                };
+                assert_eq!(
+                    bf16.runs_in(),
+                    expected,
+                    "{groups} {stride} {k} {kernels:?}"
+                );
+                let err = max_abs_diff(&bf16.forward(&x).unwrap(), &want) / scale;
+                assert!(err < 0.01, "bf16 {act:?} {groups} {stride} {k}: {err}");
+            }
         }
     }
 

@@ -45,6 +45,13 @@ impl Default for KernelPolicy {
 }
 
 impl KernelPolicy {
+    /// Whether a dense `kernel` x `kernel` convolution with `stride` (and the padding of
+    /// YOLOv3's blocks, `(kernel - 1) / 2`) takes Winograd's path on the CPU under this
+    /// policy (maps too small for it aside: those run the direct path).
+    pub fn winograd_applies(&self, kernel: usize, stride: usize) -> bool {
+        self.fast_conv && self.winograd != Winograd::Off && kernel == 3 && stride == 1
+    }
+
     /// candle's own operations only: no kernel of this crate runs.
     pub fn candle() -> Self {
         Self {
@@ -161,6 +168,24 @@ mod tests {
         assert!(parse_switch("1").unwrap());
         assert!(!parse_switch("OFF").unwrap());
         assert!(parse_switch("maybe").is_err());
+    }
+
+    #[test]
+    fn winograd_applies_to_3x3_stride_1_when_on() {
+        let on = KernelPolicy::default();
+        assert!(on.winograd_applies(3, 1));
+        assert!(!on.winograd_applies(3, 2) && !on.winograd_applies(1, 1));
+        let f2 = KernelPolicy {
+            winograd: Winograd::F2,
+            ..on
+        };
+        assert!(f2.winograd_applies(3, 1));
+        let off = KernelPolicy {
+            winograd: Winograd::Off,
+            ..on
+        };
+        assert!(!off.winograd_applies(3, 1));
+        assert!(!KernelPolicy::candle().winograd_applies(3, 1));
     }
 
     #[test]

@@ -5,12 +5,17 @@
 //! each step two depths of one channel's weights against 16 columns x 2 depths of
 //! activations:
 //!
-//! - `vdpbf16ps` (AVX512_BF16, [`Isa::Bf16Dot`]): two pairs of bf16 multiplied and both
-//!   products added to an `f32` lane, 32 products per instruction;
-//! - fused multiply-adds on the operands widened to `f32` (AVX-512F, [`Isa::Native`]):
-//!   on the Xeons measured, `vdpbf16ps` issues at a quarter of the FMA rate, so two
-//!   FMAs do its 32 products in half its time;
+//! - `vdpbf16ps` (AVX512_BF16): two pairs of bf16 multiplied and both products added
+//!   to an `f32` lane, 32 products per instruction;
+//! - fused multiply-adds on the operands widened to `f32` (AVX-512F): two FMAs per 32
+//!   products;
 //! - portable Rust.
+//!
+//! Which of the two SIMD kernels is faster depends on the CPU: on the Xeons measured,
+//! `vdpbf16ps` issues at a quarter of the FMA rate (the FMAs win 2x); on AMD Zen 4 at
+//! the FMA rate (it wins about 1.8x). [`Isa::Native`] therefore times both instructions
+//! once per process ([`dot_outruns_fma`], a few tens of microseconds on registers) and
+//! takes the faster; [`Isa::Bf16Dot`] takes `vdpbf16ps` wherever the CPU has it.
 //!
 //! All three add the same exact products (bf16 x bf16 fits in `f32`) in the same order
 //! (`acc + x1 w1`, then `+ x0 w0`, as `vdpbf16ps` is specified), so they agree but for
@@ -86,7 +91,7 @@ impl Bf16ConvWeights {
 
 /// The bf16 micro-kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub(crate) enum Kernel {
     /// Plain Rust (auto-vectorised).
     Portable,
     /// AVX-512F: the operands widened to `f32`, fused multiply-adds.
@@ -96,17 +101,43 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// The kernel `isa` asks for on this CPU: [`Isa::Native`] takes the FMA kernel
-    /// (measured twice as fast as `vdpbf16ps` on the Xeon this was written on, whose
-    /// `vdpbf16ps` runs at a quarter of its FMA's instruction rate);
-    /// [`Isa::Bf16Dot`] the `vdpbf16ps` one where the CPU has it.
-    fn choose(isa: Isa) -> Self {
+    /// The kernel `isa` asks for on this CPU: [`Isa::Native`] takes `vdpbf16ps` where
+    /// the CPU has it and it outruns the FMAs ([`dot_outruns_fma`]), else the FMA
+    /// kernel; [`Isa::Bf16Dot`] takes `vdpbf16ps` wherever the CPU has it.
+    pub(crate) fn choose(isa: Isa) -> Self {
         match isa {
             Isa::Bf16Dot if has_avx512_bf16() => Kernel::Dot,
+            Isa::Native if has_avx512_bf16() && dot_outruns_fma() => Kernel::Dot,
             Isa::Native | Isa::Bf16Dot if has_avx512f() => Kernel::Fma,
             _ => Kernel::Portable,
         }
     }
+
+    /// The kernel's name in logs and benchmarks.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Fma => "fma",
+            Kernel::Dot => "vdpbf16ps",
+        }
+    }
+}
+
+/// Whether `vdpbf16ps` does its 32 products faster than the two FMAs of the widened
+/// kernel on this CPU: both instructions timed once per process on independent register
+/// chains (no memory traffic; the best of several short rounds, so that a preemption
+/// does not decide). False where the CPU lacks AVX512_BF16.
+pub(crate) fn dot_outruns_fma() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512_bf16() {
+            // SAFETY: the CPU has AVX-512F, BW and BF16 (checked just above).
+            let (dot, fma) = unsafe { avx512::time_dot_and_fma() };
+            return dot < fma;
+        }
+        false
+    })
 }
 
 /// The bf16 format of the dense driver.
@@ -185,8 +216,8 @@ mod avx512 {
         __m512, __m512bh, __m512i, _mm256_and_si256, _mm256_loadu_si256, _mm256_set1_epi32,
         _mm256_slli_epi32, _mm256_storeu_si256, _mm512_add_ps, _mm512_and_si512,
         _mm512_castsi512_ps, _mm512_dpbf16_ps, _mm512_fmadd_ps, _mm512_loadu_si512,
-        _mm512_mask_storeu_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm512_slli_epi32,
+        _mm512_mask_storeu_ps, _mm512_reduce_add_ps, _mm512_set1_epi32, _mm512_set1_ps,
+        _mm512_setzero_ps, _mm512_slli_epi32,
     };
 
     use super::{OutTile, MR, NR};
@@ -195,6 +226,71 @@ mod avx512 {
 
     /// Depth groups of weights widened to `f32` at a time by [`tile_fma`].
     const CHUNK: usize = 128;
+
+    /// Steps of [`dot_round`] and [`fma_round`].
+    const PROBE_STEPS: usize = 2048;
+
+    /// 12 independent chains of `PROBE_STEPS` `vdpbf16ps` (enough chains to hide the
+    /// latency, so that the issue rate decides); returns their sum.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, BW and BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn dot_round() -> f32 {
+        // 1.0 in both bf16 halves: the sums stay exact and finite
+        let ones = _mm512_set1_epi32(std::hint::black_box(0x3f80_3f80));
+        // SAFETY: 512 bits of plain data either way.
+        let x = unsafe { std::mem::transmute::<__m512i, __m512bh>(ones) };
+        let mut acc = [_mm512_setzero_ps(); 12];
+        for _ in 0..PROBE_STEPS {
+            for a in &mut acc {
+                *a = _mm512_dpbf16_ps(*a, x, x);
+            }
+        }
+        _mm512_reduce_add_ps(
+            acc.iter()
+                .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a)),
+        )
+    }
+
+    /// The same 32 products per chain and step as [`dot_round`], in two FMAs.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma_round() -> f32 {
+        let x = _mm512_set1_ps(std::hint::black_box(1.0));
+        let mut acc = [_mm512_setzero_ps(); 12];
+        for _ in 0..PROBE_STEPS {
+            for a in &mut acc {
+                *a = _mm512_fmadd_ps(x, x, _mm512_fmadd_ps(x, x, *a));
+            }
+        }
+        _mm512_reduce_add_ps(
+            acc.iter()
+                .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a)),
+        )
+    }
+
+    /// The time of [`dot_round`] and of [`fma_round`], each the best of 7 rounds (so
+    /// that a preemption does not decide): `(dot, fma)`, in nanoseconds.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, BW and BF16.
+    pub(super) unsafe fn time_dot_and_fma() -> (u128, u128) {
+        let best = |round: unsafe fn() -> f32| {
+            (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    // SAFETY: the caller's contract covers both rounds' features.
+                    std::hint::black_box(unsafe { round() });
+                    t.elapsed().as_nanos()
+                })
+                .min()
+                .unwrap_or(u128::MAX)
+        };
+        (best(dot_round), best(fma_round))
+    }
 
     /// The AVX512_BF16 micro-kernel: 8 channels x 48 columns of `f32` accumulators;
     /// each depth group loads three vectors of 16 columns x 2 bf16 and, per channel,

@@ -38,13 +38,15 @@ pub use quant::{bf16_round, ActQuant, RangeObserver};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Isa {
     /// The fastest SIMD kernels this CPU has (detected once per process): `vpdpbusd`
-    /// for int8 (AVX512_VNNI, else AVX-VNNI on 256-bit registers); for bf16, fused multiply-adds on the operands widened to
-    /// `f32` (AVX-512F), twice as fast as `vdpbf16ps` on the Xeons measured. The
-    /// portable kernels where the CPU lacks the instructions.
+    /// for int8 (AVX512_VNNI, else AVX-VNNI on 256-bit registers); for bf16,
+    /// `vdpbf16ps` (AVX512_BF16) where it outruns fused multiply-adds on the operands
+    /// widened to `f32` (AVX-512F), else those (both timed once per process: the FMAs
+    /// win 2x on the Xeons measured, `vdpbf16ps` 1.8x on AMD Zen 4). The portable
+    /// kernels where the CPU lacks the instructions.
     #[default]
     Native,
-    /// As [`Isa::Native`], but bf16 runs the `vdpbf16ps` micro-kernel (AVX512_BF16)
-    /// where the CPU has it: for CPUs where it issues at full rate, and for tests.
+    /// As [`Isa::Native`], but bf16 runs the `vdpbf16ps` micro-kernel wherever the CPU
+    /// has AVX512_BF16, however fast (for tests and measurements).
     Bf16Dot,
     /// The portable kernels, whatever the CPU.
     Portable,
@@ -60,11 +62,7 @@ impl Isa {
     /// The bf16 micro-kernel this choice runs on this CPU: `"vdpbf16ps"`, `"fma"` or
     /// `"portable"`.
     pub fn bf16_kernel(self) -> &'static str {
-        match self {
-            Isa::Bf16Dot if has_avx512_bf16() => "vdpbf16ps",
-            Isa::Native | Isa::Bf16Dot if has_avx512f() => "fma",
-            _ => "portable",
-        }
+        bf16::Kernel::choose(self).label()
     }
 }
 

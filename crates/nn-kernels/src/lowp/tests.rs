@@ -460,3 +460,23 @@ fn non_contiguous_inputs_give_the_same_maps() {
         |x: &Tensor| vec(&depthwise3x3_int8_bias_act(x, &dw, xq, None, 2, act).unwrap());
     assert!(depthwise(&x) == depthwise(&xc));
 }
+
+#[test]
+fn native_bf16_takes_vdpbf16ps_only_where_the_cpu_has_it() {
+    let native = Isa::Native.bf16_kernel();
+    assert!(
+        ["vdpbf16ps", "fma", "portable"].contains(&native),
+        "{native}"
+    );
+    // the probe answers once per process: the same kernel every time
+    assert_eq!(Isa::Native.bf16_kernel(), native);
+    assert_eq!(
+        native == "vdpbf16ps",
+        has_avx512_bf16() && bf16::dot_outruns_fma()
+    );
+    if !has_avx512_bf16() {
+        assert!(!bf16::dot_outruns_fma());
+        assert_ne!(Isa::Bf16Dot.bf16_kernel(), "vdpbf16ps");
+    }
+    assert_eq!(Isa::Portable.bf16_kernel(), "portable");
+}
