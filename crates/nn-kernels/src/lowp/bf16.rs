@@ -230,8 +230,25 @@ mod avx512 {
     /// Steps of [`dot_round`] and [`fma_round`].
     const PROBE_STEPS: usize = 2048;
 
-    /// 12 independent chains of `PROBE_STEPS` `vdpbf16ps` (enough chains to hide the
-    /// latency, so that the issue rate decides); returns their sum.
+    /// 12 independent accumulator chains of `PROBE_STEPS` steps `acc = $step` (enough
+    /// chains to hide the latency, so that the issue rate decides); their sum.
+    macro_rules! probe_chains {
+        ($acc:ident => $step:expr) => {{
+            let mut chains = [_mm512_setzero_ps(); 12];
+            for _ in 0..PROBE_STEPS {
+                for c in &mut chains {
+                    let $acc = *c;
+                    *c = $step;
+                }
+            }
+            let sum = chains
+                .iter()
+                .fold(_mm512_setzero_ps(), |s, &c| _mm512_add_ps(s, c));
+            _mm512_reduce_add_ps(sum)
+        }};
+    }
+
+    /// `vdpbf16ps` chains: 32 products per chain and step.
     ///
     /// # Safety
     /// The CPU must have AVX-512F, BW and BF16.
@@ -241,16 +258,7 @@ mod avx512 {
         let ones = _mm512_set1_epi32(std::hint::black_box(0x3f80_3f80));
         // SAFETY: 512 bits of plain data either way.
         let x = unsafe { std::mem::transmute::<__m512i, __m512bh>(ones) };
-        let mut acc = [_mm512_setzero_ps(); 12];
-        for _ in 0..PROBE_STEPS {
-            for a in &mut acc {
-                *a = _mm512_dpbf16_ps(*a, x, x);
-            }
-        }
-        _mm512_reduce_add_ps(
-            acc.iter()
-                .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a)),
-        )
+        probe_chains!(acc => _mm512_dpbf16_ps(acc, x, x))
     }
 
     /// The same 32 products per chain and step as [`dot_round`], in two FMAs.
@@ -260,16 +268,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     unsafe fn fma_round() -> f32 {
         let x = _mm512_set1_ps(std::hint::black_box(1.0));
-        let mut acc = [_mm512_setzero_ps(); 12];
-        for _ in 0..PROBE_STEPS {
-            for a in &mut acc {
-                *a = _mm512_fmadd_ps(x, x, _mm512_fmadd_ps(x, x, *a));
-            }
-        }
-        _mm512_reduce_add_ps(
-            acc.iter()
-                .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a)),
-        )
+        probe_chains!(acc => _mm512_fmadd_ps(x, x, _mm512_fmadd_ps(x, x, acc)))
     }
 
     /// The time of [`dot_round`] and of [`fma_round`], each the best of 7 rounds (so
