@@ -10,27 +10,23 @@ use std::path::Path;
 use assert_cmd::Command;
 use serde_json::Value;
 
+#[path = "../common/output.rs"]
+mod output;
 #[path = "../common/synthetic.rs"]
 mod synthetic;
 
 mod precision;
-use synthetic::{image, weights};
+use output::{assert_no_panic, stderr_of, stdout_of};
+use synthetic::{image, weights, MODEL_FLAGS};
 
 /// `yolo-cli SUBCOMMAND` with the model flags of the synthetic MobileNetV2 at 64x64 on
 /// the weights `w`, run in `cwd`.
 fn model_command(cwd: &Path, subcommand: &str, w: &Path) -> Command {
     let mut cmd = Command::cargo_bin("yolo-cli").unwrap();
     cmd.current_dir(cwd)
-        .args([
-            subcommand,
-            "--backbone",
-            "mobilenetv2",
-            "--input-size",
-            "64",
-            "--device",
-            "cpu",
-            "--weights",
-        ])
+        .arg(subcommand)
+        .args(MODEL_FLAGS)
+        .arg("--weights")
         .arg(w);
     cmd
 }
@@ -38,20 +34,6 @@ fn model_command(cwd: &Path, subcommand: &str, w: &Path) -> Command {
 /// `yolo-cli run` on the synthetic weights at 64x64, run in `cwd`.
 fn run(cwd: &Path) -> Command {
     model_command(cwd, "run", weights())
-}
-
-fn stdout_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_no_panic(out: &std::process::Output) {
-    let err = stderr_of(out);
-    assert!(!err.contains("panicked"), "{err}");
-    assert_ne!(out.status.code(), Some(101), "{err}");
 }
 
 #[test]
@@ -890,20 +872,7 @@ fn installed_binary_runs_from_any_directory() {
     let weights_dir = tmp.path().join("weights");
     std::fs::create_dir(&weights_dir).unwrap();
     std::fs::copy(weights(), weights_dir.join("mobilenetv2-voc.safetensors")).unwrap();
-    let args = [
-        "run",
-        "a.png",
-        "--backbone",
-        "mobilenetv2",
-        "--input-size",
-        "64",
-        "--device",
-        "cpu",
-        "--conf",
-        "0.05",
-        "--format",
-        "json",
-    ];
+    let args = ["run", "a.png", "--conf", "0.05", "--format", "json"];
     let expected = run(&elsewhere)
         .args(["a.png", "--conf", "0.05", "--format", "json", "--no-draw"])
         .output()
@@ -912,6 +881,7 @@ fn installed_binary_runs_from_any_directory() {
     let by_variable = installed()
         .env("YOLO_RS_WEIGHTS_DIR", &weights_dir)
         .args(args)
+        .args(MODEL_FLAGS)
         .output()
         .unwrap();
     assert!(by_variable.status.success(), "{}", stderr_of(&by_variable));
@@ -928,6 +898,7 @@ fn installed_binary_runs_from_any_directory() {
             .env("HOME", tmp.path())
             .env("XDG_DATA_HOME", &data)
             .args(args)
+            .args(MODEL_FLAGS)
             .arg("--no-draw")
             .output()
             .unwrap();

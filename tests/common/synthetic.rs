@@ -51,3 +51,14 @@ pub fn image(w: u32, h: u32, seed: u8) -> RgbImage {
         ])
     })
 }
+
+/// The model flags every test runs the synthetic weights with: MobileNetV2 at 64x64 on
+/// the CPU (then `--weights`, [`weights`]).
+pub const MODEL_FLAGS: [&str; 6] = [
+    "--backbone",
+    "mobilenetv2",
+    "--input-size",
+    "64",
+    "--device",
+    "cpu",
+];

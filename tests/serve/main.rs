@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use synthetic::{image, weights};
+use synthetic::{image, weights, MODEL_FLAGS};
 
 /// A running `yolo-cli serve`, stopped (SIGKILL) when dropped unless stopped first.
 struct Server {
@@ -179,14 +179,9 @@ fn multipart(images: &[&[u8]]) -> (String, Vec<u8>) {
 fn run_json(dir: &Path, files: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_yolo-cli"))
         .current_dir(dir)
+        .arg("run")
+        .args(MODEL_FLAGS)
         .args([
-            "run",
-            "--backbone",
-            "mobilenetv2",
-            "--input-size",
-            "64",
-            "--device",
-            "cpu",
             "--conf",
             "0.05",
             "--format",

@@ -11,11 +11,14 @@ use assert_cmd::Command;
 use serde_json::Value;
 use yolo_video::{VideoReader, DEFAULT_MAX_PIXELS};
 
+#[path = "../../../tests/common/output.rs"]
+mod output;
 // the weights file of the `cli` and `serve` tests (its `image` is not needed here)
 #[allow(dead_code)]
 #[path = "../../../tests/common/synthetic.rs"]
 mod synthetic;
-use synthetic::weights;
+use output::{assert_no_panic, stderr_of, stdout_of};
+use synthetic::{weights, MODEL_FLAGS};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,34 +30,11 @@ fn fixture(name: &str) -> PathBuf {
 fn run(cwd: &Path) -> Command {
     let mut cmd = Command::cargo_bin("yolo-cli").unwrap();
     cmd.current_dir(cwd)
-        .args([
-            "run",
-            "--backbone",
-            "mobilenetv2",
-            "--input-size",
-            "64",
-            "--device",
-            "cpu",
-            "--conf",
-            "0.05",
-            "--weights",
-        ])
+        .arg("run")
+        .args(MODEL_FLAGS)
+        .args(["--conf", "0.05", "--weights"])
         .arg(weights());
     cmd
-}
-
-fn stdout_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_no_panic(out: &std::process::Output) {
-    let err = stderr_of(out);
-    assert!(!err.contains("panicked"), "{err}");
-    assert_ne!(out.status.code(), Some(101), "{err}");
 }
 
 fn jsonl(out: &std::process::Output) -> Vec<Value> {
