@@ -137,6 +137,7 @@ pub fn loadtest(root: &Path, args: LoadtestArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| root.join("model_data/dog.jpg"));
     let lua = root.join("tools/loadtest/post.lua");
+    let run_dir = run_images(root, &image, args.run_images)?;
     let started = bench::machine();
     let mut records = Vec::new();
     let mut lines = Vec::new();
@@ -148,7 +149,7 @@ pub fn loadtest(root: &Path, args: LoadtestArgs) -> Result<()> {
             other => bail!("unknown model {other} (mobilenetv2, darknet53)"),
         };
         let weights = model_files(root, &py, backbone, classes, args.size)?;
-        let run_ms = run_time_per_image(root, &cli, backbone, &weights.0, &image, &args)?;
+        let run_ms = run_time_per_image(&cli, backbone, &weights.0, &run_dir, &args)?;
         lines.push(format!(
             "{backbone}: `yolo-cli run` per image (load + preprocess + inference + postprocess): {run_ms:.1} ms"
         ));
@@ -318,25 +319,29 @@ fn model_files(
     Ok((weights, onnx))
 }
 
-/// `yolo-cli run`'s mean time per image on `--run-images` copies of `image`, from its
-/// per-stage summary.
-fn run_time_per_image(
-    root: &Path,
-    cli: &Path,
-    backbone: &str,
-    weights: &Path,
-    image: &Path,
-    args: &LoadtestArgs,
-) -> Result<f64> {
-    // a directory of exactly `--run-images` copies (it is ours, under target/)
+/// A directory of exactly `copies` copies of `image` for `yolo-cli run` to time
+/// (`target/loadtest/images`, ours: emptied first).
+fn run_images(root: &Path, image: &Path, copies: usize) -> Result<PathBuf> {
     let dir = root.join("target/loadtest/images");
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
-    for i in 0..args.run_images.max(1) {
+    for i in 0..copies.max(1) {
         std::fs::copy(image, dir.join(format!("img_{i:03}.jpg")))?;
     }
+    Ok(dir)
+}
+
+/// `yolo-cli run`'s mean time per image on the images of `dir`, from its per-stage
+/// summary.
+fn run_time_per_image(
+    cli: &Path,
+    backbone: &str,
+    weights: &Path,
+    dir: &Path,
+    args: &LoadtestArgs,
+) -> Result<f64> {
     let split = bench::run_cli_split(
         Command::new(cli)
             .args([
@@ -351,7 +356,7 @@ fn run_time_per_image(
             .arg(weights)
             .args(["--input-size", &args.size.to_string()])
             .args(["--threads", &args.threads.to_string()])
-            .arg(&dir),
+            .arg(dir),
     )?;
     Ok(split.iter().sum())
 }

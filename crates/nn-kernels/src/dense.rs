@@ -34,7 +34,7 @@ use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
 use crate::gemm::matmul_into;
 use crate::im2col::Geom;
-use crate::policy::{KernelPolicy, Winograd};
+use crate::policy::KernelPolicy;
 use crate::pool::{for_each_chunk_mut, parallel_for, pool_threads, SharedPtr};
 use crate::storage::{bias_f32, contiguous_f32};
 use crate::winograd;
@@ -307,10 +307,10 @@ impl CustomOp3 for DenseConv {
         // (B, C_out, OH, OW), left uninitialised: conv_into writes every element.
         let len = b * cout * g.positions();
         let mut out: Vec<f32> = Vec::with_capacity(len);
-        let winograd = (kh, kw, self.stride, self.pad) == (3, 3, 1, 1)
+        let winograd = (kw, self.pad) == (kh, 1)
+            && self.policy.winograd_applies(kh, self.stride)
             && g.positions() >= WINOGRAD_MIN_POSITIONS
-            && cin >= WINOGRAD_MIN_CHANNELS
-            && self.policy.winograd != Winograd::Off;
+            && cin >= WINOGRAD_MIN_CHANNELS;
         if winograd {
             let tile = winograd::Tile::for_image(h, w, self.policy.winograd);
             let conv = winograd::Conv3x3 {

@@ -47,7 +47,8 @@ impl Default for KernelPolicy {
 impl KernelPolicy {
     /// Whether a dense `kernel` x `kernel` convolution with `stride` (and the padding of
     /// YOLOv3's blocks, `(kernel - 1) / 2`) takes Winograd's path on the CPU under this
-    /// policy (maps too small for it aside: those run the direct path).
+    /// policy (maps or channel counts too small for it aside: those run the direct path;
+    /// `DenseConv` checks them where it knows the input).
     pub fn winograd_applies(&self, kernel: usize, stride: usize) -> bool {
         self.fast_conv && self.winograd != Winograd::Off && kernel == 3 && stride == 1
     }
