@@ -23,6 +23,7 @@
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::thread::LocalKey;
 
 use crate::epilogue::Epilogue;
 use crate::im2col::Geom;
@@ -39,9 +40,46 @@ const SERIAL_ELEMS: usize = 1 << 18;
 /// Elements of im2col rows per packing step.
 const SCRATCH_ELEMS: usize = 32 * 1024;
 
+/// Largest buffer a thread keeps for its next call (bytes): beyond it (large batches),
+/// each call allocates its own, so an idle model does not hold tens of megabytes.
+const KEEP_BYTES: usize = 16 << 20;
+
 thread_local! {
     /// This thread's packed activation block, reused from call to call.
     static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// This thread's im2col rows ([`pack_cols`]).
+    static ROWS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's converted input ([`run`]).
+    static CONVERTED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's whole packed images (the narrow-image path of [`run`]).
+    static WHOLE: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` elements of this thread's buffer `slot`, grown as needed and kept
+/// for the next call: neither allocated nor zero-filled per call (the profile of int8
+/// Darknet53 had 3% of its time in those fills). Its contents are whatever an earlier
+/// call left, so `f` must write every element before it reads it.
+fn with_reused<T: bytemuck::Pod, R>(
+    slot: &'static LocalKey<RefCell<Vec<u32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    let words = (len * size_of::<T>()).div_ceil(4);
+    if 4 * words > KEEP_BYTES {
+        return f(&mut vec![T::zeroed(); len]);
+    }
+    slot.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < words {
+                let more = words - buf.len();
+                buf.reserve_exact(more);
+                buf.resize(words, 0);
+            }
+            f(&mut bytemuck::cast_slice_mut(&mut buf[..words])[..len])
+        }
+        // Re-entered on this thread: a buffer of its own.
+        Err(_) => f(&mut vec![T::zeroed(); len]),
+    })
 }
 
 /// Where a micro-tile's results go: rows `co0..co0 + rows` (output channels) and
@@ -62,7 +100,7 @@ pub(crate) trait Format: Sync {
     const GROUP: usize;
 
     /// An activation after rounding or quantisation (u8 code, bf16 bits).
-    type Elem: Copy + Send + Sync;
+    type Elem: bytemuck::Pod + Send + Sync;
 
     /// The element of a padding tap (the zero point; bf16 zero).
     const PAD: Self::Elem;
@@ -110,17 +148,23 @@ fn pack_cols<F: Format>(
     // steps (4 * KH * KW rows is a multiple of every GROUP).
     let kk = g.kh * g.kw;
     let chunk = ((SCRATCH_ELEMS / (kk * ncols)) / 4 * 4).max(4);
-    let mut scratch = vec![F::PAD; chunk.min(g.cin) * kk * ncols];
-    for ch0 in (0..g.cin).step_by(chunk) {
-        let chans = ch0..(ch0 + chunk).min(g.cin);
-        let (k0, nrows) = (ch0 * kk, chans.len() * kk);
-        let buf = &mut scratch[..nrows * ncols];
-        im2col::<F>(g, x, (p0, ncols), buf, chans);
-        let buf = &*buf;
-        let range = k0 / F::GROUP..(k0 + nrows).div_ceil(F::GROUP);
-        let row = |r: usize, c0: usize, cols: usize| &buf[(r - k0) * ncols + c0..][..cols];
-        pack_groups(fmt, g, range, ncols, dst, row);
-    }
+    with_reused(
+        &ROWS,
+        chunk.min(g.cin) * kk * ncols,
+        |scratch: &mut [F::Elem]| {
+            for ch0 in (0..g.cin).step_by(chunk) {
+                let chans = ch0..(ch0 + chunk).min(g.cin);
+                let (k0, nrows) = (ch0 * kk, chans.len() * kk);
+                // im2col writes every element of these rows
+                let buf = &mut scratch[..nrows * ncols];
+                im2col::<F>(g, x, (p0, ncols), buf, chans);
+                let buf = &*buf;
+                let range = k0 / F::GROUP..(k0 + nrows).div_ceil(F::GROUP);
+                let row = |r: usize, c0: usize, cols: usize| &buf[(r - k0) * ncols + c0..][..cols];
+                pack_groups(fmt, g, range, ncols, dst, row);
+            }
+        },
+    )
 }
 
 /// [`pack_cols`] of a pointwise convolution: the `f32` input (C_in, H*W) is itself the
@@ -378,22 +422,40 @@ pub(crate) fn run<F: Format>(
     // The input rounded or quantised once, in parallel: (B, C_in, H, W); pointwise
     // convolutions convert while they pack instead.
     let len = if g.pointwise() { 0 } else { x.len() };
-    let mut converted = vec![F::PAD; len];
-    // Small inputs on the calling thread: each parallel pass is a rendezvous of the
-    // pool's threads, which costs more than the work when the machine is busy.
-    let piece = len.div_ceil(4 * threads).max(SERIAL_ELEMS);
-    let dst = SharedPtr(converted.as_mut_ptr());
-    parallel_for(threads, len.div_ceil(piece), |i| {
-        let range = i * piece..((i + 1) * piece).min(len);
-        // SAFETY: piece i alone writes converted[range], inside the buffer.
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(dst.get().add(range.start), range.len()) };
-        fmt.convert(&x[range], dst);
-    });
-    let input = |img: usize| match g.pointwise() {
-        true => Input::F32(&x[img * image..(img + 1) * image]),
-        false => Input::Converted(&converted[img * image..(img + 1) * image]),
-    };
+    with_reused(&CONVERTED, len, |converted: &mut [F::Elem]| {
+        // Small inputs on the calling thread: each parallel pass is a rendezvous of the
+        // pool's threads, which costs more than the work when the machine is busy.
+        let piece = len.div_ceil(4 * threads).max(SERIAL_ELEMS);
+        let dst = SharedPtr(converted.as_mut_ptr());
+        // Writes every element of `converted`.
+        parallel_for(threads, len.div_ceil(piece), |i| {
+            let range = i * piece..((i + 1) * piece).min(len);
+            // SAFETY: piece i alone writes converted[range], inside the buffer.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(dst.get().add(range.start), range.len()) };
+            fmt.convert(&x[range], dst);
+        });
+        let converted = &*converted;
+        let input = |img: usize| match g.pointwise() {
+            true => Input::F32(&x[img * image..(img + 1) * image]),
+            false => Input::Converted(&converted[img * image..(img + 1) * image]),
+        };
+        run_converted(fmt, g, input, wp, act, out, threads)
+    })
+}
+
+/// [`run`] once its input is converted: `input(img)` is image `img` as the packing reads it.
+fn run_converted<'a, F: Format>(
+    fmt: &F,
+    g: &Geom,
+    input: impl Fn(usize) -> Input<'a, F::Elem> + Sync,
+    wp: &[u32],
+    act: Epilogue,
+    out: &mut [MaybeUninit<f32>],
+    threads: usize,
+) {
+    let (n, groups) = (g.positions(), g.depth().div_ceil(F::GROUP));
+    let co_panels = g.cout.div_ceil(MR);
     let panels = n.div_ceil(NR);
     let panel_words = groups * NR;
     // Panels per block: BLOCK_BYTES of packed activations at most, and enough blocks
@@ -413,26 +475,56 @@ pub(crate) fn run<F: Format>(
             let p0 = blk * per_block * NR;
             let ncols = (per_block * NR).min(n - p0);
             let x = input(img);
-            PACKED.with(|packed| {
-                let mut packed = packed.borrow_mut();
-                let len = ncols.div_ceil(NR) * panel_words;
-                if packed.len() < len {
-                    packed.resize(len, 0);
-                }
-                let xp = &mut packed[..len];
-                pack_cols(fmt, g, x, (p0, ncols), xp);
-                // SAFETY: task t alone writes the columns of its block.
-                unsafe {
-                    let out = out.get().add(img * g.cout * n);
-                    compute_block(fmt, g, xp, wp, 0..co_panels, (p0, ncols), out, act)
-                }
-            })
+            with_reused(
+                &PACKED,
+                ncols.div_ceil(NR) * panel_words,
+                |xp: &mut [u32]| {
+                    // writes every word of the block's panels
+                    pack_cols(fmt, g, x, (p0, ncols), xp);
+                    // SAFETY: task t alone writes the columns of its block.
+                    unsafe {
+                        let out = out.get().add(img * g.cout * n);
+                        compute_block(fmt, g, xp, wp, 0..co_panels, (p0, ncols), out, act)
+                    }
+                },
+            )
         });
         return;
     }
     // Fewer panels than threads (small images): pack each image whole, then split its
     // output channels.
-    let mut packed = vec![0u32; panels * panel_words];
+    with_reused(&WHOLE, panels * panel_words, |packed: &mut [u32]| {
+        run_narrow(
+            fmt,
+            g,
+            input,
+            wp,
+            act,
+            out,
+            threads,
+            packed,
+            (blocks, per_block),
+        )
+    })
+}
+
+/// The narrow-image path of [`run_converted`]: each image packed whole into `packed`
+/// (every word written before it is read), then its output channel panels split over
+/// the threads, in `blocks` column blocks of `per_block` panels.
+#[allow(clippy::too_many_arguments)]
+fn run_narrow<'a, F: Format>(
+    fmt: &F,
+    g: &Geom,
+    input: impl Fn(usize) -> Input<'a, F::Elem> + Sync,
+    wp: &[u32],
+    act: Epilogue,
+    out: SharedPtr<f32>,
+    threads: usize,
+    packed: &mut [u32],
+    (blocks, per_block): (usize, usize),
+) {
+    let (n, groups) = (g.positions(), g.depth().div_ceil(F::GROUP));
+    let (co_panels, panels, panel_words) = (g.cout.div_ceil(MR), n.div_ceil(NR), groups * NR);
     for img in 0..g.b {
         let x = input(img);
         // Small images packed on the calling thread (see SERIAL_ELEMS).
@@ -459,7 +551,7 @@ pub(crate) fn run<F: Format>(
         let chunks = (4 * threads).div_ceil(blocks).clamp(1, co_panels);
         let per_chunk = co_panels.div_ceil(chunks);
         let chunks = co_panels.div_ceil(per_chunk);
-        let packed = &packed;
+        let packed = &*packed;
         parallel_for(threads, chunks * blocks, |t| {
             let (c, blk) = (t / blocks, t % blocks);
             let cps = c * per_chunk..((c + 1) * per_chunk).min(co_panels);

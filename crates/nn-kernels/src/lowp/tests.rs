@@ -243,6 +243,55 @@ fn simd_and_portable_kernels_agree_on_every_schedule() {
     }
 }
 
+/// (batch, c_in, side, c_out, k, stride, padding) of one square int8 convolution.
+type Square = (usize, usize, usize, usize, usize, usize, usize);
+
+/// `leaky(conv(x, w) + 0.5)` in int8 on `threads` threads, `w` (C_out, C_in, k, k),
+/// inputs calibrated to [-1, 1].
+fn int8_square(case: Square, w: &Int8ConvWeights, x: &[f32], threads: usize) -> Vec<f32> {
+    let (b, cin, side, cout, _, s, p) = case;
+    let xq = ActQuant::from_max_abs(1.0).unwrap();
+    let (dims, bias) = ((b, cin, side, side), vec![0.5; cout]);
+    let how = (Kernel::Portable, threads);
+    conv_int8_threads(x, dims, w, xq, &bias, (s, p), Epilogue::Leaky(0.1), how)
+}
+
+#[test]
+fn reused_buffers_never_leak_into_the_next_call() {
+    // The conversion, im2col and packing buffers are kept per thread from call to call
+    // (driver.rs): a call after one that filled them with other codes must give what a
+    // fresh thread gives, bit for bit, on both schedules (wide images, and narrow ones
+    // whose channels are split) and with padding taps at every border.
+    let dev = Device::Cpu;
+    let weights = |(_, cin, _, cout, k, ..): Square| {
+        let w = Tensor::randn(0f32, 0.2, (cout, cin, k, k), &dev).unwrap();
+        Int8ConvWeights::quantize(&w).unwrap()
+    };
+    // Fills every buffer with code 255 (inputs at the top of the range).
+    let dirty = (2, 24, 40, 16, 3, 1, 1);
+    let (dirty_w, ones) = (weights(dirty), vec![1.0; 2 * 24 * 40 * 40]);
+    for case in [
+        (1, 5, 23, 7, 3, 1, 1),
+        (1, 6, 21, 9, 3, 2, 1),
+        (1, 8, 9, 40, 3, 1, 1),
+    ] {
+        let (b, cin, side, ..) = case;
+        let w = std::sync::Arc::new(weights(case));
+        let x = vec(&Tensor::rand(-1f32, 1., (b, cin, side, side), &dev).unwrap());
+        let fresh = {
+            let (w, x) = (w.clone(), x.clone());
+            std::thread::spawn(move || int8_square(case, &w, &x, 1))
+                .join()
+                .unwrap()
+        };
+        for threads in [1, 2, 3] {
+            int8_square(dirty, &dirty_w, &ones, threads);
+            let again = int8_square(case, &w, &x, threads);
+            assert!(again == fresh, "{case:?} on {threads} threads");
+        }
+    }
+}
+
 #[test]
 fn int8_weights_round_trip_and_clamp() {
     let dev = Device::Cpu;
