@@ -3,8 +3,14 @@
 
 /// A raw pointer shared by the workers of one convolution (see the SAFETY notes where
 /// it is dereferenced).
-#[derive(Clone, Copy)]
 pub(crate) struct SharedPtr<T>(pub(crate) *mut T);
+// By hand: the derives would ask `T: Copy`, and only the pointer is copied.
+impl<T> Clone for SharedPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedPtr<T> {}
 // SAFETY: the workers that share one write disjoint elements and only read the rest.
 unsafe impl<T> Send for SharedPtr<T> {}
 // SAFETY: as for Send: no two workers touch the same element mutably.
@@ -38,10 +44,10 @@ pub(crate) fn parallel_for(threads: usize, n: usize, f: impl Fn(usize) + Sync) {
 
 /// Runs `f(i, chunk)` over the `chunk`-long pieces of `data` on candle's worker pool
 /// (like rayon's `par_chunks_mut(chunk).enumerate().for_each(f)`).
-pub(crate) fn for_each_chunk_mut(
-    data: &mut [f32],
+pub(crate) fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
     chunk: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync,
+    f: impl Fn(usize, &mut [T]) + Sync,
 ) {
     let chunk = chunk.max(1);
     let (len, pieces) = (data.len(), data.len().div_ceil(chunk));

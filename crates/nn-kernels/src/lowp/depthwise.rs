@@ -4,12 +4,14 @@
 //! sums, `f32` output.
 //!
 //! Each channel's plane is quantised once into a zero-bordered buffer of `q - 128`
-//! (`i16`; the border is the zero point, so no tap needs a bounds check), then each
-//! output row is nine multiply-adds of whole rows, vectorised by the compiler (the
-//! function is also compiled for AVX-512 and picked at run time). The integer sums are
-//! exact, so every build gives the same results.
+//! (held as `f32` integers; the border is the zero point, so no tap needs a bounds
+//! check), then each output row is nine multiply-adds of whole rows, vectorised by the
+//! compiler (the function is also compiled for AVX-512 and picked at run time). Every
+//! product and sum is an integer below 2^24, exact in `f32`: the results are the `i32`
+//! sums of the scheme, the same in every build.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
@@ -22,8 +24,9 @@ use crate::pool::for_each_chunk_mut;
 use crate::storage::contiguous_f32;
 
 thread_local! {
-    /// This thread's quantised, zero-bordered plane, reused from call to call.
-    static PLANE: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
+    /// This thread's quantised, zero-bordered plane and row of sums, reused from call
+    /// to call.
+    static PLANE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Depthwise 3x3 weights quantised to s8 with one `f32` scale per channel.
@@ -104,7 +107,13 @@ impl Int8DepthwiseWeights {
 }
 
 /// One channel: `x` (H, W) into `out` (OH, OW) with padding 1 and stride `s`;
-/// `plane` is scratch.
+/// `scratch` is this thread's buffer, its contents left from earlier calls.
+///
+/// The codes `q - 128` (|.| <= 128) and the taps (|.| <= 127) are held as `f32`: each
+/// product (|.| <= 16 256) and each sum of nine (< 2^18) is an integer below 2^24, so
+/// the `f32` arithmetic is exact and equals the `i32` sums of the scheme bit for bit,
+/// at the rate of `f32` multiplies and adds (a vector `i32` multiply is several times
+/// slower on x86).
 #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
 #[allow(clippy::too_many_arguments)]
 fn plane_int8(
@@ -115,18 +124,32 @@ fn plane_int8(
     (scale, bias): (f32, f32),
     s: usize,
     act: Epilogue,
-    plane: &mut Vec<i16>,
-    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+    out: &mut [MaybeUninit<f32>],
 ) {
     // Padded row j holds input row j - 1, padded column i input column i - 1; for
     // stride 2 each padded row is stored as its even columns, then its odd ones.
-    let wp = w + 2;
-    plane.clear();
-    plane.resize((h + 2) * wp, 0);
+    let (wp, ow) = (w + 2, (w - 1) / s + 1);
+    let len = (h + 2) * wp;
+    if scratch.len() < len + ow {
+        scratch.resize(len + ow, 0.0);
+    }
+    let (plane, acc) = scratch.split_at_mut(len);
+    let acc = &mut acc[..ow];
     let half = wp.div_ceil(2);
+    // Where padded column i of a row is stored.
+    let slot = |i: usize| match s {
+        1 => i,
+        _ => (i % 2) * half + i / 2,
+    };
+    // The border is the zero point: code 0. Every other slot is written below.
+    plane[..wp].fill(0.0);
+    plane[(h + 1) * wp..].fill(0.0);
     for (iy, row) in x.chunks_exact(w).enumerate() {
         let dst = &mut plane[(iy + 1) * wp..(iy + 2) * wp];
-        let code = |v: f32| (quantize_u8(v, inv) as i32 - 128) as i16;
+        dst[slot(0)] = 0.0;
+        dst[slot(w + 1)] = 0.0;
+        let code = |v: f32| (quantize_u8(v, inv) as i32 - 128) as f32;
         if s == 1 {
             for (d, &v) in dst[1..=w].iter_mut().zip(row) {
                 *d = code(v);
@@ -145,11 +168,8 @@ fn plane_int8(
             }
         }
     }
-    let ow = (w - 1) / s + 1;
-    let t: [i32; 9] = taps.map(i32::from);
-    let mut acc = vec![0i32; ow];
+    let t: [f32; 9] = taps.map(f32::from);
     for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
-        acc.fill(0);
         for ky in 0..3 {
             let r = &plane[(oy * s + ky) * wp..][..wp];
             let (w0, w1, w2) = (t[3 * ky], t[3 * ky + 1], t[3 * ky + 2]);
@@ -160,17 +180,26 @@ fn plane_int8(
                 let (even, odd) = r.split_at(half);
                 (&even[..ow], &odd[..ow], &even[1..ow + 1])
             };
-            for (((acc, &a), &b), &c) in acc.iter_mut().zip(a).zip(b).zip(c) {
-                *acc += w0 * i32::from(a) + w1 * i32::from(b) + w2 * i32::from(c);
+            let taps = acc.iter_mut().zip(a).zip(b).zip(c);
+            if ky == 0 {
+                taps.for_each(|(((acc, &a), &b), &c)| *acc = w0 * a + w1 * b + w2 * c);
+            } else {
+                taps.for_each(|(((acc, &a), &b), &c)| *acc += w0 * a + w1 * b + w2 * c);
             }
         }
         // One loop per activation, so that each vectorises.
-        let pre = |a: i32| a as f32 * scale + bias;
-        let pairs = orow.iter_mut().zip(&acc);
+        let pre = |a: f32| a * scale + bias;
+        let pairs = orow.iter_mut().zip(&*acc);
         match act {
-            Epilogue::Identity => pairs.for_each(|(o, &a)| *o = pre(a)),
-            Epilogue::Relu6 => pairs.for_each(|(o, &a)| *o = activate_scalar(pre(a), act)),
-            Epilogue::Leaky(_) => pairs.for_each(|(o, &a)| *o = activate_scalar(pre(a), act)),
+            Epilogue::Identity => pairs.for_each(|(o, &a)| {
+                o.write(pre(a));
+            }),
+            Epilogue::Relu6 => pairs.for_each(|(o, &a)| {
+                o.write(activate_scalar(pre(a), act));
+            }),
+            Epilogue::Leaky(_) => pairs.for_each(|(o, &a)| {
+                o.write(activate_scalar(pre(a), act));
+            }),
         }
     }
 }
@@ -199,8 +228,11 @@ impl CustomOp1 for DepthwiseInt8<'_> {
         let s = self.stride;
         // (B, C, OH, OW) with padding 1.
         let (oh, ow) = ((h - 1) / s + 1, (w - 1) / s + 1);
-        let mut out = vec![0f32; b * c * oh * ow];
-        for_each_chunk_mut(&mut out, oh * ow, |p, out| {
+        // left uninitialised: every plane is written whole below (not zero-filled first
+        // on this thread while the others wait)
+        let len = b * c * oh * ow;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        for_each_chunk_mut(&mut out.spare_capacity_mut()[..len], oh * ow, |p, out| {
             let ch = p % c;
             let x = &x[p * h * w..(p + 1) * h * w];
             let (taps, sb) = (&self.weights.values[ch], (self.scale[ch], self.bias[ch]));
@@ -209,6 +241,9 @@ impl CustomOp1 for DepthwiseInt8<'_> {
                 plane_int8(x, (h, w), self.inv, taps, sb, s, self.act, plane, out)
             });
         });
+        // SAFETY: the `len` elements are initialised: `plane_int8` writes each of the
+        // OH*OW outputs of its plane, and the B*C planes cover the buffer.
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
     }
 }

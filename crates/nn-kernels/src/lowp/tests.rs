@@ -404,6 +404,64 @@ fn int8_depthwise_matches_f32_within_the_quantisation_bound() {
     assert!(depthwise3x3_int8_bias_act(&x, &q, xq, None, 1, Epilogue::Identity).is_err());
 }
 
+/// The int8 depthwise scheme with `i32` sums, written out: u8 codes of `x` (B, C, H, W)
+/// minus the zero point, padding 1 at code 0, s8 taps, then `act(sx sw acc + bias)`.
+fn depthwise_i32(
+    x: &[f32],
+    (b, c, h, w): (usize, usize, usize, usize),
+    weights: &Int8DepthwiseWeights,
+    (xq, bias): (ActQuant, &[f32]),
+    s: usize,
+    act: Epilogue,
+) -> Vec<f32> {
+    let inv = 1.0 / xq.scale();
+    let code = |v: f32| quant::quantize_u8(v, inv) as i32 - 128;
+    let (oh, ow) = ((h - 1) / s + 1, (w - 1) / s + 1);
+    let mut out = Vec::with_capacity(b * c * oh * ow);
+    for p in 0..b * c {
+        let (plane, ch) = (&x[p * h * w..][..h * w], p % c);
+        let scale = xq.scale() * weights.scales()[ch];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = 0i32;
+                for (t, &tap) in weights.values()[ch].iter().enumerate() {
+                    let (iy, ix) = ((oy * s + t / 3) as isize - 1, (ox * s + t % 3) as isize - 1);
+                    if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                        acc += i32::from(tap) * code(plane[iy as usize * w + ix as usize]);
+                    }
+                }
+                out.push(activate_scalar(acc as f32 * scale + bias[ch], act));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn int8_depthwise_gives_the_i32_sums_exactly() {
+    // The kernel sums in f32, which is exact for these integers (depthwise.rs): its
+    // output must be the i32 scheme's bit for bit, with codes at both ends of the range.
+    let dev = Device::Cpu;
+    for (b, c, h, w, s) in [
+        (1, 3, 7, 9, 1),
+        (2, 5, 8, 8, 2),
+        (1, 17, 9, 11, 2),
+        (1, 4, 30, 29, 1),
+    ] {
+        let x = Tensor::rand(-3f32, 3., (b, c, h, w), &dev).unwrap();
+        let xq = ActQuant::from_max_abs(2.0).unwrap();
+        let weights =
+            Int8DepthwiseWeights::quantize(&Tensor::randn(0f32, 0.5, (c, 1, 3, 3), &dev).unwrap())
+                .unwrap();
+        let bias = Tensor::randn(0f32, 1., c, &dev).unwrap();
+        for act in ACTS {
+            let got = depthwise3x3_int8_bias_act(&x, &weights, xq, Some(&bias), s, act).unwrap();
+            let want = depthwise_i32(&vec(&x), (b, c, h, w), &weights, (xq, &vec(&bias)), s, act);
+            assert!(vec(&got) == want, "{b}x{c}x{h}x{w} s{s} {act:?}");
+        }
+    }
+}
+
 #[test]
 fn simulated_int8_matches_the_kernels() {
     let dev = Device::Cpu;
