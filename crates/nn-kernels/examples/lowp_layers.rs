@@ -122,6 +122,8 @@ fn main() -> candle_core::Result<()> {
     println!("depthwise 3x3                  f32 ms  int8 ms   int8 x");
     // (channels, side, stride)
     for (c, side, s) in [
+        (32, 208, 1),
+        (96, 208, 2),
         (144, 104, 1),
         (144, 104, 2),
         (192, 52, 1),
