@@ -409,11 +409,12 @@ pub(crate) fn run<F: Format>(
     out: &mut [MaybeUninit<f32>],
     threads: usize,
 ) {
-    let (n, groups) = (g.positions(), g.depth().div_ceil(F::GROUP));
-    let co_panels = g.cout.div_ceil(MR);
-    assert_eq!(out.len(), g.b * g.cout * n);
+    assert_eq!(out.len(), g.b * g.cout * g.positions());
     assert_eq!(x.len(), g.b * g.cin * g.h * g.w);
-    assert_eq!(wp.len(), co_panels * groups * MR);
+    assert_eq!(
+        wp.len(),
+        g.cout.div_ceil(MR) * g.depth().div_ceil(F::GROUP) * MR
+    );
     if out.is_empty() {
         return;
     }
