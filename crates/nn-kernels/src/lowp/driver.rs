@@ -492,80 +492,51 @@ fn run_converted<'a, F: Format>(
         });
         return;
     }
-    // Fewer panels than threads (small images): pack each image whole, then split its
-    // output channels.
+    // Fewer panels than threads (small images): pack each image whole into `packed`
+    // (every word written before it is read), then split its output channels.
     with_reused(&WHOLE, panels * panel_words, |packed: &mut [u32]| {
-        run_narrow(
-            fmt,
-            g,
-            input,
-            wp,
-            act,
-            out,
-            threads,
-            packed,
-            (blocks, per_block),
-        )
-    })
-}
-
-/// The narrow-image path of [`run_converted`]: each image packed whole into `packed`
-/// (every word written before it is read), then its output channel panels split over
-/// the threads, in `blocks` column blocks of `per_block` panels.
-#[allow(clippy::too_many_arguments)]
-fn run_narrow<'a, F: Format>(
-    fmt: &F,
-    g: &Geom,
-    input: impl Fn(usize) -> Input<'a, F::Elem> + Sync,
-    wp: &[u32],
-    act: Epilogue,
-    out: SharedPtr<f32>,
-    threads: usize,
-    packed: &mut [u32],
-    (blocks, per_block): (usize, usize),
-) {
-    let (n, groups) = (g.positions(), g.depth().div_ceil(F::GROUP));
-    let (co_panels, panels, panel_words) = (g.cout.div_ceil(MR), n.div_ceil(NR), groups * NR);
-    for img in 0..g.b {
-        let x = input(img);
-        // Small images packed on the calling thread (see SERIAL_ELEMS).
-        let per_task = if g.depth() * n <= SERIAL_ELEMS {
-            panels
-        } else {
-            panels.div_ceil(threads)
-        };
-        let dst = SharedPtr(packed.as_mut_ptr());
-        parallel_for(threads, panels.div_ceil(per_task), |t| {
-            let p0 = t * per_task * NR;
-            let ncols = (per_task * NR).min(n - p0);
-            // SAFETY: task t alone owns panels t * per_task.. of the buffer, and they
-            // lie inside it (ncols.div_ceil(NR) panels from there).
-            let xp = unsafe {
-                std::slice::from_raw_parts_mut(
-                    dst.get().add(t * per_task * panel_words),
-                    ncols.div_ceil(NR) * panel_words,
-                )
+        for img in 0..g.b {
+            let x = input(img);
+            // Small images packed on the calling thread (see SERIAL_ELEMS).
+            let per_task = if g.depth() * n <= SERIAL_ELEMS {
+                panels
+            } else {
+                panels.div_ceil(threads)
             };
-            pack_cols(fmt, g, x, (p0, ncols), xp);
-        });
-        // Tasks: about four per thread over (channel chunk, column block).
-        let chunks = (4 * threads).div_ceil(blocks).clamp(1, co_panels);
-        let per_chunk = co_panels.div_ceil(chunks);
-        let chunks = co_panels.div_ceil(per_chunk);
-        let packed = &*packed;
-        parallel_for(threads, chunks * blocks, |t| {
-            let (c, blk) = (t / blocks, t % blocks);
-            let cps = c * per_chunk..((c + 1) * per_chunk).min(co_panels);
-            let p0 = blk * per_block * NR;
-            let ncols = (per_block * NR).min(n - p0);
-            let xp = &packed[blk * per_block * panel_words..][..ncols.div_ceil(NR) * panel_words];
-            // SAFETY: task t alone writes these channels of these columns.
-            unsafe {
-                let out = out.get().add(img * g.cout * n);
-                compute_block(fmt, g, xp, wp, cps, (p0, ncols), out, act)
-            }
-        });
-    }
+            let dst = SharedPtr(packed.as_mut_ptr());
+            parallel_for(threads, panels.div_ceil(per_task), |t| {
+                let p0 = t * per_task * NR;
+                let ncols = (per_task * NR).min(n - p0);
+                // SAFETY: task t alone owns panels t * per_task.. of the buffer, and they
+                // lie inside it (ncols.div_ceil(NR) panels from there).
+                let xp = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dst.get().add(t * per_task * panel_words),
+                        ncols.div_ceil(NR) * panel_words,
+                    )
+                };
+                pack_cols(fmt, g, x, (p0, ncols), xp);
+            });
+            // Tasks: about four per thread over (channel chunk, column block).
+            let chunks = (4 * threads).div_ceil(blocks).clamp(1, co_panels);
+            let per_chunk = co_panels.div_ceil(chunks);
+            let chunks = co_panels.div_ceil(per_chunk);
+            let packed = &*packed;
+            parallel_for(threads, chunks * blocks, |t| {
+                let (c, blk) = (t / blocks, t % blocks);
+                let cps = c * per_chunk..((c + 1) * per_chunk).min(co_panels);
+                let p0 = blk * per_block * NR;
+                let ncols = (per_block * NR).min(n - p0);
+                let xp =
+                    &packed[blk * per_block * panel_words..][..ncols.div_ceil(NR) * panel_words];
+                // SAFETY: task t alone writes these channels of these columns.
+                unsafe {
+                    let out = out.get().add(img * g.cout * n);
+                    compute_block(fmt, g, xp, wp, cps, (p0, ncols), out, act)
+                }
+            });
+        }
+    })
 }
 
 /// The shapes of a dense convolution as the kernels see them, checked: `x` (B, C_in,
