@@ -30,5 +30,6 @@ pub use conv_bn::{
 };
 pub use divisible::make_divisible;
 pub use nn_kernels::{
-    add_owned, depthwise_conv2d, KernelPolicy, Precision, RangeObserver, Winograd,
+    add_owned, conv2d_bias_act, depthwise_conv2d, Epilogue, KernelPolicy, Precision, RangeObserver,
+    Winograd,
 };

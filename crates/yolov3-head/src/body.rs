@@ -7,7 +7,10 @@ use candle_nn::{Conv2d, VarBuilder};
 use darknet53::DarkNet;
 use mobilenet_v2::MobileNetV2Backbone;
 use nn_blocks::summary::Summary;
-use nn_blocks::{Backbone, BlockOptions, CalibrationMethod, ConvBnAct, ConvBnConfig};
+use nn_blocks::{
+    conv2d_bias_act, Backbone, BlockOptions, CalibrationMethod, ConvBnAct, ConvBnConfig, Epilogue,
+    KernelPolicy,
+};
 
 use crate::config::{BackboneKind, YoloConfig};
 use crate::{Error, Result};
@@ -25,6 +28,8 @@ pub struct LastLayers {
     out: Conv2d,
     /// The prefix of `out`'s tensors (`{vb}.6`).
     out_name: String,
+    /// The CPU kernels `out` runs on in inference.
+    kernels: KernelPolicy,
 }
 
 impl LastLayers {
@@ -58,6 +63,7 @@ impl LastLayers {
             blocks,
             out,
             out_name,
+            kernels: opts.kernels,
         })
     }
 
@@ -87,7 +93,22 @@ impl LastLayers {
 
     /// `self.last_layerN[5:](branch)`: the raw head `(B, 3*(5+C), h, w)`.
     pub fn forward_head(&self, branch: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.out.forward(&self.blocks[5].forward_t(branch, train)?)
+        let x = self.blocks[5].forward_t(branch, train)?;
+        if train {
+            return self.out.forward(&x);
+        }
+        // Inference: the fused kernels on candle's worker pool, like every other layer
+        // (candle's own conv2d would start the `gemm` crate's rayon threads beside it).
+        let policy = self.kernels;
+        conv2d_bias_act(
+            &x,
+            self.out.weight(),
+            self.out.bias(),
+            1,
+            0,
+            Epilogue::Identity,
+            policy,
+        )
     }
 
     fn summarize(

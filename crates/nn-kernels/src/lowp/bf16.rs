@@ -23,10 +23,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
-use super::driver::{self, Format, OutTile, MR, NR};
-use super::quant::{
-    bf16_bits, bf16_slice, bf16_value, deinterleave_u16, interleave_u16, pack_bf16,
-};
+use super::driver::{self, Format, Lane, OutTile, MR, NR};
+use super::quant::{bf16_bits, bf16_slice, bf16_split, bf16_value, pack_bf16};
 use super::{activate_scalar, has_avx512_bf16, has_avx512f, Isa};
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
@@ -36,8 +34,9 @@ use crate::storage::contiguous_f32;
 /// Where the prepared weights live.
 #[derive(Debug, Clone)]
 enum Stored {
-    /// Panels of MR channels for the CPU kernel: (C_out / MR, K / 2, MR) words of two
-    /// bf16 each (depth 2g in the low half).
+    /// Panels of MR channels for the CPU kernel: (C_out / MR, groups, MR) words of two
+    /// bf16 each (the first of the group in the low half), in the groups of
+    /// [`driver::depth_groups`].
     Packed(Vec<u32>),
     /// A bf16 tensor (C_out, C_in, KH, KW) on another device, for candle's operations.
     Device(Tensor),
@@ -62,21 +61,12 @@ impl Bf16ConvWeights {
             let stored = Stored::Device(weight.to_dtype(DType::BF16)?.contiguous()?);
             return Ok(Self { dims, stored });
         }
-        let (cout, cin, kh, kw) = dims;
-        let depth = cin * kh * kw;
-        // (C_out, K)
+        // (C_out, C_in, KH, KW)
         let w = weight
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let groups = depth.div_ceil(2);
-        let mut packed = vec![0u32; cout.div_ceil(MR) * groups * MR];
-        for co in 0..cout {
-            for k in 0..depth {
-                let (p, r, grp, j) = (co / MR, co % MR, k / 2, k % 2);
-                packed[(p * groups + grp) * MR + r] |= bf16_bits(w[co * depth + k]) << (16 * j);
-            }
-        }
+        let packed = driver::pack_weights(dims, u16::PER_WORD, |i| bf16_bits(w[i]));
         Ok(Self {
             dims,
             stored: Stored::Packed(packed),
@@ -147,22 +137,101 @@ struct Bf16 {
     kernel: Kernel,
 }
 
-impl Format for Bf16 {
-    const GROUP: usize = 2;
-
-    type Elem = u16;
+/// bf16 bits, two depths to a word (the first in the low half).
+impl Lane for u16 {
+    const PER_WORD: usize = 2;
     const PAD: u16 = 0;
+
+    #[inline(always)]
+    fn word(e: [u16; 4]) -> u32 {
+        u32::from(e[0]) | u32::from(e[1]) << 16
+    }
+
+    #[inline(always)]
+    fn words16(rows: [&[u16; 16]; 4]) -> [u32; 16] {
+        // Plain loops: `array::map` and `from_fn` were left as calls in the hot loop.
+        let mut words = [0u32; 16];
+        for (j, row) in rows[..2].iter().enumerate() {
+            for (w, &v) in words.iter_mut().zip(row.iter()) {
+                *w |= u32::from(v) << (16 * j);
+            }
+        }
+        words
+    }
+
+    fn pack_taps(g: &Geom, x: &[u16], cols: (usize, usize), dst: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::has_avx512bw_vl() {
+            // SAFETY: the CPU has AVX-512F, BW and VL (checked above).
+            return unsafe { pack_avx512::pack_taps(g, x, cols, dst) };
+        }
+        pack_taps_u16(g, x, cols, dst);
+    }
+}
+
+/// [`driver::pack_taps_generic`] on bf16 bits, in plain Rust.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+pub(super) fn pack_taps_u16(g: &Geom, x: &[u16], cols: (usize, usize), dst: &mut [u32]) {
+    driver::pack_taps_generic(g, x, cols, dst, driver::interleave_portable);
+}
+
+/// [`driver::pack_taps_generic`] on bf16 bits with AVX-512 (as the int8 one: masked
+/// last steps, no scalar tail).
+#[cfg(target_arch = "x86_64")]
+mod pack_avx512 {
+    use std::arch::x86_64::{
+        _mm256_maskz_loadu_epi16, _mm512_cvtepu16_epi32, _mm512_mask_storeu_epi32, _mm512_or_si512,
+        _mm512_slli_epi32,
+    };
+
+    use super::{driver, Geom};
+
+    /// # Safety
+    /// The CPU must have AVX-512F, BW and VL.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn pack_taps(g: &Geom, x: &[u16], cols: (usize, usize), dst: &mut [u32]) {
+        // SAFETY: this function's features are the ones `interleave` needs.
+        driver::pack_taps_generic(g, x, cols, dst, |rows, words| unsafe {
+            interleave(rows, words)
+        });
+    }
+
+    /// `words[c]` = `rows[0][c]` in the low half, `rows[1][c]` in the high half (each
+    /// row `words.len()` long; `rows[2..]` unused).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, BW and VL.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn interleave(rows: [&[u16]; 4], words: &mut [u32]) {
+        let n = words.len();
+        assert!(rows[..2].iter().all(|r| r.len() == n));
+        for c in (0..n).step_by(16) {
+            let lanes = (n - c).min(16);
+            let mask = (u32::MAX >> (32 - lanes)) as u16;
+            // SAFETY: lanes c..c + lanes of both rows and of `words` exist (n long);
+            // masked-off lanes are neither read nor written.
+            unsafe {
+                let half = |j: usize| {
+                    let v = _mm256_maskz_loadu_epi16(mask, rows[j].as_ptr().add(c).cast());
+                    _mm512_cvtepu16_epi32(v)
+                };
+                let w = _mm512_or_si512(half(0), _mm512_slli_epi32::<16>(half(1)));
+                _mm512_mask_storeu_epi32(words.as_mut_ptr().add(c).cast(), mask, w);
+            }
+        }
+    }
+}
+
+impl Format for Bf16 {
+    type Elem = u16;
 
     fn convert(&self, x: &[f32], dst: &mut [u16]) {
         bf16_slice(x, dst);
     }
 
-    fn interleave(&self, rows: [&[u16]; 4], dst: &mut [u32]) {
-        interleave_u16([rows[0], rows[1]], dst);
-    }
-
-    fn deinterleave(row: &[u16], even: &mut [u16], odd: &mut [u16]) {
-        deinterleave_u16(row, even, odd);
+    fn convert_split(&self, x: &[f32], w: usize, dst: &mut [u16]) {
+        bf16_split(x, w, dst);
     }
 
     fn pack_f32(&self, rows: [&[f32]; 4], dst: &mut [u32]) {

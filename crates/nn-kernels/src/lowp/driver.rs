@@ -4,15 +4,18 @@
 //! per image, `K = C_in * KH * KW`, computed in micro-tiles of [`MR`] output channels by
 //! [`NR`] output positions whose accumulators stay in registers over the whole depth.
 //! Both operands are packed as 32-bit words, each holding one depth *group* of a
-//! column (four u8 codes, or two bf16 values):
+//! column: four u8 codes, or two bf16 values, of consecutive input channels at one
+//! kernel tap ([`depth_groups`]):
 //!
-//! - weights, at load: panels of `MR` channels, `(C_out / MR, K / G, MR)` words
-//!   (channels and depth past the ends padded with zeros);
+//! - weights, at load: panels of `MR` channels, `(C_out / MR, groups, MR)` words
+//!   (channels past the ends padded with zeros), [`pack_weights`];
 //! - activations, at each call: the input is first rounded or quantised once, element
 //!   by element, into a copy of one or two bytes per value (a quarter or half of the
-//!   `f32` input), then packed in panels of `NR` positions,
-//!   `(OH*OW / NR, K / G, NR)` words, through a small im2col buffer of those bytes
-//!   (padding taps get the format's zero, columns past the end are padded).
+//!   `f32` input; stride-2 rows split into their even and odd columns), then packed in
+//!   panels of `NR` positions, `(OH*OW / NR, groups, NR)` words, straight from that
+//!   copy ([`pack_taps_generic`]: padding taps get the format's zero, columns past the
+//!   end are padded). Pointwise convolutions quantise while they pack, from the `f32`
+//!   input.
 //!
 //! Images are cut into blocks of panels, each packed by the task that consumes it (half
 //! a megabyte at most, so it stays in L2 while every channel panel runs over it), at
@@ -37,8 +40,6 @@ pub(crate) const NR: usize = 48;
 const BLOCK_BYTES: usize = 512 * 1024;
 /// Below this many elements, converting or packing runs on the calling thread.
 const SERIAL_ELEMS: usize = 1 << 18;
-/// Elements of im2col rows per packing step.
-const SCRATCH_ELEMS: usize = 32 * 1024;
 
 /// Largest buffer a thread keeps for its next call (bytes): beyond it (large batches),
 /// each call allocates its own, so an idle model does not hold tens of megabytes.
@@ -47,8 +48,6 @@ const KEEP_BYTES: usize = 16 << 20;
 thread_local! {
     /// This thread's packed activation block, reused from call to call.
     static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    /// This thread's im2col rows ([`pack_cols`]).
-    static ROWS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's converted input ([`run`]).
     static CONVERTED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's whole packed images (the narrow-image path of [`run`]).
@@ -96,29 +95,20 @@ pub(crate) struct OutTile {
 /// One number format of the dense kernels: how activations are packed, and the
 /// micro-kernel with its epilogue.
 pub(crate) trait Format: Sync {
-    /// Depth values per 32-bit word.
-    const GROUP: usize;
-
     /// An activation after rounding or quantisation (u8 code, bf16 bits).
-    type Elem: bytemuck::Pod + Send + Sync;
-
-    /// The element of a padding tap (the zero point; bf16 zero).
-    const PAD: Self::Elem;
+    type Elem: Lane;
 
     /// `dst[i]` = `x[i]` rounded or quantised.
     fn convert(&self, x: &[f32], dst: &mut [Self::Elem]);
 
-    /// Packs the first [`Format::GROUP`] of `rows` (converted activations at consecutive
-    /// depths, one length `cols <= NR` each) into `dst` (`NR` words), padding columns
-    /// `cols..`.
-    fn interleave(&self, rows: [&[Self::Elem]; 4], dst: &mut [u32]);
+    /// [`Format::convert`] of rows `w` long, each row written as its even columns, then
+    /// its odd ones (the input layout of stride-2 convolutions, see [`pack_taps_generic`]).
+    fn convert_split(&self, x: &[f32], w: usize, dst: &mut [Self::Elem]);
 
-    /// Splits `row` into its even elements (`even[i] = row[2i]`, all `ceil(len / 2)`)
-    /// and its odd ones (`odd[i] = row[2i + 1]`).
-    fn deinterleave(row: &[Self::Elem], even: &mut [Self::Elem], odd: &mut [Self::Elem]);
-
-    /// [`Format::convert`] and [`Format::interleave`] in one pass, from `f32` rows (for
-    /// pointwise convolutions, which read each input value once).
+    /// Rounds or quantises the first [`Lane::PER_WORD`] of `rows` (`f32` activations
+    /// at consecutive depths, one length `cols <= NR` each) and packs them into `dst`
+    /// (`NR` words), padding columns `cols..` (for pointwise convolutions, which read
+    /// each input value once).
     fn pack_f32(&self, rows: [&[f32]; 4], dst: &mut [u32]);
 
     /// `out = epilogue(W x X)` for one micro-tile: `x` is an activation panel
@@ -131,40 +121,219 @@ pub(crate) trait Format: Sync {
     unsafe fn tile(&self, x: &[u32], w: &[u32], out: OutTile, act: Epilogue);
 }
 
+/// One element type of the packed activations (u8 codes, bf16 bits): how
+/// [`Lane::PER_WORD`] of them, at consecutive depths, make one 32-bit word.
+pub(crate) trait Lane: bytemuck::Pod + Send + Sync {
+    /// Elements per word: the depth group of the micro-kernels.
+    const PER_WORD: usize;
+    /// The element of a padding tap (the zero point; bf16 zero).
+    const PAD: Self;
+
+    /// The word of `e[..PER_WORD]` (element `j` in bits `32 / PER_WORD * j..`).
+    fn word(e: [Self; 4]) -> u32;
+
+    /// [`Lane::word`] of sixteen columns: word `c` of `rows[..][c]`.
+    fn words16(rows: [&[Self; 16]; 4]) -> [u32; 16];
+
+    /// [`pack_taps_generic`] on this element type, with the CPU's vector extensions.
+    fn pack_taps(g: &Geom, x: &[Self], cols: (usize, usize), dst: &mut [u32]);
+}
+
+/// Depth groups of the packed operands of a convolution: group `q * KH * KW + tap`
+/// holds input channels `q * G..(q + 1) * G` (padding past C_in) at tap
+/// `tap = ky * KW + kx`, with `G` elements per word, for `q` in `0..ceil(C_in / G)`.
+/// Grouping channels of one tap, rather than consecutive depths of PyTorch's
+/// (C_in, KH, KW) order, lets every word be packed from its channels' input planes
+/// directly ([`pack_taps_generic`]); the taps of a channel group follow each other so
+/// that the packing reads those planes' rows while they are in L1 and writes the panel
+/// in order. A pointwise convolution has one tap: its groups are consecutive depths.
+pub(crate) fn depth_groups(g: &Geom, per_word: usize) -> usize {
+    g.kh * g.kw * g.cin.div_ceil(per_word)
+}
+
+/// Packs convolution weights (C_out, C_in, KH, KW) for the micro-kernels: panels of
+/// [`MR`] output channels, `(C_out / MR, groups, MR)` words in the groups of
+/// [`depth_groups`]; element `j` of word `(panel, q * KH * KW + tap, r)` is `bits(i)`
+/// of the weight at flat index `i` of channel `panel * MR + r`, input channel
+/// `q * per_word + j`, tap `tap` (zero past C_out and C_in).
+pub(crate) fn pack_weights(
+    (cout, cin, kh, kw): (usize, usize, usize, usize),
+    per_word: usize,
+    bits: impl Fn(usize) -> u32,
+) -> Vec<u32> {
+    let taps = kh * kw;
+    let groups = taps * cin.div_ceil(per_word);
+    let width = 32 / per_word;
+    let mut packed = vec![0u32; cout.div_ceil(MR) * groups * MR];
+    for co in 0..cout {
+        let (panel, r) = (co / MR, co % MR);
+        for ci in 0..cin {
+            let (q, j) = (ci / per_word, ci % per_word);
+            for tap in 0..taps {
+                let word = (panel * groups + q * taps + tap) * MR + r;
+                packed[word] |= bits((co * cin + ci) * taps + tap) << (width * j);
+            }
+        }
+    }
+    packed
+}
+
+/// One run of a panel's columns at one tap, as [`pack_taps_generic`] packs it.
+#[derive(Clone, Copy, Default)]
+struct Piece {
+    /// The run's words `start..end` in the panel's group; of them `valid_start..
+    /// valid_end` read the input, the others are padding.
+    start: usize,
+    valid_start: usize,
+    valid_end: usize,
+    end: usize,
+    /// Offset in a channel plane of the input of the first valid word.
+    src: usize,
+}
+
 /// Packs the columns `p0..p0 + ncols` of the im2col matrix of one converted image `x`
-/// (C_in, H, W) into `dst`: `ncols.div_ceil(NR)` panels of `groups * NR` words.
+/// (C_in, H, W) into `dst`: `ncols.div_ceil(NR)` panels of `groups * NR` words, in the
+/// groups of [`depth_groups`]. Each word is built from its channels' input planes
+/// directly, run by run along output rows: no im2col copy in between (that copy and
+/// its many short `memcpy`/`memset` calls took 12% of int8 Darknet53's time). Taps
+/// outside the image, channels past C_in and columns past `ncols` get the padding
+/// element. For stride 2, `x` holds each row as its even columns, then its odd ones
+/// ([`Format::convert_split`]), so that every run reads contiguous elements.
+///
+/// `interleave(rows, words)` packs one run at stride 1: `words[c]` is the word of
+/// `rows[..][c]` (each row exactly `words.len()` long).
+#[inline(always)]
+pub(crate) fn pack_taps_generic<T: Lane>(
+    g: &Geom,
+    x: &[T],
+    (p0, ncols): (usize, usize),
+    dst: &mut [u32],
+    interleave: impl Fn([&[T]; 4], &mut [u32]),
+) {
+    let pads = [T::PAD; 2 * NR];
+    let pad_word = T::word([T::PAD; 4]);
+    let (h, w, s, p) = (g.h, g.w, g.stride, g.pad);
+    let (taps, cq) = (g.kh * g.kw, g.cin.div_ceil(T::PER_WORD));
+    let groups = depth_groups(g, T::PER_WORD);
+    // Each tap's pieces of the current panel: `counts[tap]` of them from `tap * NR`.
+    let mut pieces = vec![Piece::default(); taps * NR];
+    let mut counts = vec![0usize; taps];
+    for pi in 0..ncols.div_ceil(NR) {
+        let (c0, cols) = (pi * NR, NR.min(ncols - pi * NR));
+        for (tap, count) in counts.iter_mut().enumerate() {
+            let (ky, kx) = (tap / g.kw, tap % g.kw);
+            *count = 0;
+            for (j, oy, ox0, run) in g.row_runs(p0 + c0, cols) {
+                let iy = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h);
+                let (a, b) = match iy {
+                    Some(_) => g.valid_span(kx, ox0, run),
+                    None => (ox0, ox0),
+                };
+                // Input column of the first valid output column; stride 2 reads the
+                // row split into its even columns, then its odd ones.
+                let first = (a * s + kx).saturating_sub(p);
+                let src = iy.map_or(0, |iy| match s {
+                    2 => iy * w + (first % 2) * w.div_ceil(2) + first / 2,
+                    _ => iy * w + first,
+                });
+                pieces[tap * NR + *count] = Piece {
+                    start: j,
+                    valid_start: j + a - ox0,
+                    valid_end: j + b - ox0,
+                    end: j + run,
+                    src,
+                };
+                *count += 1;
+            }
+        }
+        let panel = &mut dst[pi * groups * NR..][..groups * NR];
+        for (q, chunk) in panel.chunks_exact_mut(taps * NR).enumerate() {
+            for (tap, words) in chunk.chunks_exact_mut(NR).enumerate() {
+                for pc in &pieces[tap * NR..][..counts[tap]] {
+                    // (short fills: a call to `memset` each, even when empty)
+                    if pc.valid_start > pc.start {
+                        words[pc.start..pc.valid_start].fill(pad_word);
+                    }
+                    if pc.end > pc.valid_end {
+                        words[pc.valid_end..pc.end].fill(pad_word);
+                    }
+                    if pc.valid_end == pc.valid_start {
+                        continue;
+                    }
+                    let step = if s == 2 { 1 } else { s };
+                    let len = (pc.valid_end - pc.valid_start - 1) * step + 1;
+                    // (not `array::from_fn`, which the compiler left a call here)
+                    let row = |e: usize| {
+                        let ch = q * T::PER_WORD + e;
+                        match e < T::PER_WORD && ch < g.cin {
+                            true => &x[ch * h * w + pc.src..][..len],
+                            false => &pads[..len],
+                        }
+                    };
+                    let rows = [row(0), row(1), row(2), row(3)];
+                    let words = &mut words[pc.valid_start..pc.valid_end];
+                    match step {
+                        1 => interleave(rows, words),
+                        _ => interleave_strided(rows, step, words),
+                    }
+                }
+                if cols < NR {
+                    words[cols..].fill(pad_word);
+                }
+            }
+        }
+        debug_assert_eq!(panel.len(), cq * taps * NR);
+    }
+}
+
+/// `dst[c]` = the word of `rows[..][c * s]`: one run of output columns whose inputs
+/// are `s` apart in each row (strides other than 1 and 2, which read split rows).
+#[inline(always)]
+fn interleave_strided<T: Lane>(rows: [&[T]; 4], s: usize, dst: &mut [u32]) {
+    for (c, d) in dst.iter_mut().enumerate() {
+        *d = T::word([
+            rows[0][c * s],
+            rows[1][c * s],
+            rows[2][c * s],
+            rows[3][c * s],
+        ]);
+    }
+}
+
+/// `dst[c]` = the word of `rows[..][c]` (each row exactly `dst.len()` long), in plain
+/// Rust: sixteen words (one 512-bit vector) at a time, each row widened to 32-bit
+/// lanes first (the form the compiler vectorises), the tail word by word.
+#[inline(always)]
+pub(crate) fn interleave_portable<T: Lane>(rows: [&[T]; 4], dst: &mut [u32]) {
+    let n = dst.len();
+    let full = n / 16 * 16;
+    let (head, tail) = dst.split_at_mut(full);
+    for (k, d) in head.chunks_exact_mut(16).enumerate() {
+        let row = |j: usize| -> &[T; 16] { rows[j][16 * k..16 * k + 16].try_into().unwrap() };
+        let d: &mut [u32; 16] = d.try_into().unwrap();
+        *d = T::words16([row(0), row(1), row(2), row(3)]);
+    }
+    // (element by element: a copy into a padded vector would call `memcpy` for a few
+    // bytes, which costs more here)
+    for (c, d) in tail.iter_mut().enumerate() {
+        let c = full + c;
+        *d = T::word([rows[0][c], rows[1][c], rows[2][c], rows[3][c]]);
+    }
+}
+
+/// Packs the columns `p0..p0 + ncols` of the im2col matrix of one image (C_in, H, W)
+/// into `dst`: `ncols.div_ceil(NR)` panels of `groups * NR` words.
 fn pack_cols<F: Format>(
     fmt: &F,
     g: &Geom,
     x: Input<F::Elem>,
-    (p0, ncols): (usize, usize),
+    cols: (usize, usize),
     dst: &mut [u32],
 ) {
-    let x = match x {
-        Input::F32(x) => return pack_pointwise(fmt, g, x, (p0, ncols), dst),
-        Input::Converted(x) => x,
-    };
-    // Whole multiples of 4 channels at a time, so that no depth group straddles two
-    // steps (4 * KH * KW rows is a multiple of every GROUP).
-    let kk = g.kh * g.kw;
-    let chunk = ((SCRATCH_ELEMS / (kk * ncols)) / 4 * 4).max(4);
-    with_reused(
-        &ROWS,
-        chunk.min(g.cin) * kk * ncols,
-        |scratch: &mut [F::Elem]| {
-            for ch0 in (0..g.cin).step_by(chunk) {
-                let chans = ch0..(ch0 + chunk).min(g.cin);
-                let (k0, nrows) = (ch0 * kk, chans.len() * kk);
-                // im2col writes every element of these rows
-                let buf = &mut scratch[..nrows * ncols];
-                im2col::<F>(g, x, (p0, ncols), buf, chans);
-                let buf = &*buf;
-                let range = k0 / F::GROUP..(k0 + nrows).div_ceil(F::GROUP);
-                let row = |r: usize, c0: usize, cols: usize| &buf[(r - k0) * ncols + c0..][..cols];
-                pack_groups(fmt, g, range, ncols, dst, row);
-            }
-        },
-    )
+    match x {
+        Input::F32(x) => pack_pointwise(fmt, g, x, cols, dst),
+        Input::Converted(x) => F::Elem::pack_taps(g, x, cols, dst),
+    }
 }
 
 /// [`pack_cols`] of a pointwise convolution: the `f32` input (C_in, H*W) is itself the
@@ -178,14 +347,14 @@ fn pack_pointwise<F: Format>(
 ) {
     static ZEROS: [f32; NR] = [0.0; NR];
     let (k, n) = (g.depth(), g.positions());
-    let groups = k.div_ceil(F::GROUP);
+    let groups = k.div_ceil(F::Elem::PER_WORD);
     for grp in 0..groups {
         for pi in 0..ncols.div_ceil(NR) {
             let (c0, cols) = (pi * NR, NR.min(ncols - pi * NR));
             // Depths past K (and rows past GROUP) read zeros: their weights are zero.
             let rows: [&[f32]; 4] = std::array::from_fn(|j| {
-                let r = grp * F::GROUP + j;
-                if j < F::GROUP && r < k {
+                let r = grp * F::Elem::PER_WORD + j;
+                if j < F::Elem::PER_WORD && r < k {
                     &x[r * n + p0 + c0..][..cols]
                 } else {
                     &ZEROS[..cols]
@@ -202,132 +371,6 @@ fn pack_pointwise<F: Format>(
 enum Input<'a, T> {
     F32(&'a [f32]),
     Converted(&'a [T]),
-}
-
-/// The im2col rows of the input channels `channels` of one image `x` (C_in, H, W), at
-/// the output columns `p0..p0 + nt`, into `buf` (channels.len() * KH * KW, nt); `pad`
-/// for the taps outside the image ([`Geom::im2col_channels`] on any element type).
-fn im2col<F: Format>(
-    g: &Geom,
-    x: &[F::Elem],
-    (p0, nt): (usize, usize),
-    buf: &mut [F::Elem],
-    channels: std::ops::Range<usize>,
-) {
-    let (h, w, s, p) = (g.h, g.w, g.stride, g.pad);
-    let pad = F::PAD;
-    if s == 2 {
-        return im2col_stride2::<F>(g, x, (p0, nt), buf, channels);
-    }
-    let c0 = channels.start;
-    for ci in channels {
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let r = ((ci - c0) * g.kh + ky) * g.kw + kx;
-                let dst = &mut buf[r * nt..(r + 1) * nt];
-                for (j, oy, ox0, run) in g.row_runs(p0, nt) {
-                    let seg = &mut dst[j..j + run];
-                    let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) else {
-                        seg.fill(pad);
-                        continue;
-                    };
-                    let row = &plane[iy * w..(iy + 1) * w];
-                    let (a, b) = g.valid_span(kx, ox0, run);
-                    seg[..a - ox0].fill(pad);
-                    seg[b - ox0..].fill(pad);
-                    let valid = &mut seg[a - ox0..b - ox0];
-                    let first = a * s + kx - p;
-                    if s == 1 {
-                        valid.copy_from_slice(&row[first..first + (b - a)]);
-                    } else {
-                        for (v, src) in valid.iter_mut().zip(row[first..].iter().step_by(s)) {
-                            *v = *src;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// [`im2col`] for stride 2: each input row is split once into its even and odd
-/// columns, from which every tap's run is one contiguous copy (as
-/// [`Geom::im2col_channels_stride2`]).
-fn im2col_stride2<F: Format>(
-    g: &Geom,
-    x: &[F::Elem],
-    (p0, nt): (usize, usize),
-    buf: &mut [F::Elem],
-    channels: std::ops::Range<usize>,
-) {
-    let (h, w, p) = (g.h, g.w, g.pad);
-    let pad = F::PAD;
-    let c0 = channels.start;
-    // phases[..half] = row[0], row[2], ...; phases[half..] = row[1], row[3], ...
-    let half = w.div_ceil(2);
-    let mut phases = vec![pad; 2 * half];
-    for ci in channels {
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        for ky in 0..g.kh {
-            for (j, oy, ox0, run) in g.row_runs(p0, nt) {
-                let iy = (oy * 2 + ky).checked_sub(p).filter(|&iy| iy < h);
-                if let Some(iy) = iy {
-                    let row = &plane[iy * w..(iy + 1) * w];
-                    let (even, odd) = phases.split_at_mut(half);
-                    F::deinterleave(row, even, odd);
-                }
-                for kx in 0..g.kw {
-                    let r = ((ci - c0) * g.kh + ky) * g.kw + kx;
-                    let seg = &mut buf[r * nt + j..][..run];
-                    if iy.is_none() {
-                        seg.fill(pad);
-                        continue;
-                    }
-                    let (a, b) = g.valid_span(kx, ox0, run);
-                    seg[..a - ox0].fill(pad);
-                    seg[b - ox0..].fill(pad);
-                    // Input columns first, first + 2, ...: one phase, contiguous.
-                    let first = a * 2 + kx - p;
-                    let phase = &phases[(first % 2) * half + first / 2..][..b - a];
-                    seg[a - ox0..b - ox0].copy_from_slice(phase);
-                }
-            }
-        }
-    }
-}
-
-/// Packs the depth groups `range` of a block of `ncols` columns into `dst` (its panels
-/// of `groups * NR` words), `row(r, c0, cols)` giving the converted activations of
-/// depth `r` at columns `c0..c0 + cols` of the block.
-fn pack_groups<'a, F: Format>(
-    fmt: &F,
-    g: &Geom,
-    range: std::ops::Range<usize>,
-    ncols: usize,
-    dst: &mut [u32],
-    row: impl Fn(usize, usize, usize) -> &'a [F::Elem],
-) where
-    F::Elem: 'a,
-{
-    let pads = [F::PAD; NR];
-    let k = g.depth();
-    let groups = k.div_ceil(F::GROUP);
-    for grp in range {
-        for pi in 0..ncols.div_ceil(NR) {
-            let (c0, cols) = (pi * NR, NR.min(ncols - pi * NR));
-            // Depths past K (and rows past GROUP) read padding: their weights are zero.
-            let rows: [&[F::Elem]; 4] = std::array::from_fn(|j| {
-                let r = grp * F::GROUP + j;
-                if j < F::GROUP && r < k {
-                    row(r, c0, cols)
-                } else {
-                    &pads[..cols]
-                }
-            });
-            fmt.interleave(rows, &mut dst[(pi * groups + grp) * NR..][..NR]);
-        }
-    }
 }
 
 /// Runs the micro-tiles of output channel panels `co_panels` over the packed columns
@@ -348,7 +391,7 @@ unsafe fn compute_block<F: Format>(
     out: *mut f32,
     act: Epilogue,
 ) {
-    let groups = g.depth().div_ceil(F::GROUP);
+    let groups = depth_groups(g, F::Elem::PER_WORD);
     let n = g.positions();
     for cp in co_panels {
         let w = &wp[cp * groups * MR..][..groups * MR];
@@ -413,7 +456,7 @@ pub(crate) fn run<F: Format>(
     assert_eq!(x.len(), g.b * g.cin * g.h * g.w);
     assert_eq!(
         wp.len(),
-        g.cout.div_ceil(MR) * g.depth().div_ceil(F::GROUP) * MR
+        g.cout.div_ceil(MR) * depth_groups(g, F::Elem::PER_WORD) * MR
     );
     if out.is_empty() {
         return;
@@ -426,7 +469,13 @@ pub(crate) fn run<F: Format>(
     with_reused(&CONVERTED, len, |converted: &mut [F::Elem]| {
         // Small inputs on the calling thread: each parallel pass is a rendezvous of the
         // pool's threads, which costs more than the work when the machine is busy.
-        let piece = len.div_ceil(4 * threads).max(SERIAL_ELEMS);
+        // Stride 2 splits rows into their even and odd columns: pieces of whole rows.
+        let split = g.stride == 2;
+        let row = if split { g.w } else { 1 };
+        let piece = len
+            .div_ceil(4 * threads)
+            .max(SERIAL_ELEMS)
+            .next_multiple_of(row);
         let dst = SharedPtr(converted.as_mut_ptr());
         // Writes every element of `converted`.
         parallel_for(threads, len.div_ceil(piece), |i| {
@@ -434,7 +483,10 @@ pub(crate) fn run<F: Format>(
             // SAFETY: piece i alone writes converted[range], inside the buffer.
             let dst =
                 unsafe { std::slice::from_raw_parts_mut(dst.get().add(range.start), range.len()) };
-            fmt.convert(&x[range], dst);
+            match split {
+                true => fmt.convert_split(&x[range], g.w, dst),
+                false => fmt.convert(&x[range], dst),
+            }
         });
         let converted = &*converted;
         let input = |img: usize| match g.pointwise() {
@@ -455,7 +507,7 @@ fn run_converted<'a, F: Format>(
     out: &mut [MaybeUninit<f32>],
     threads: usize,
 ) {
-    let (n, groups) = (g.positions(), g.depth().div_ceil(F::GROUP));
+    let (n, groups) = (g.positions(), depth_groups(g, F::Elem::PER_WORD));
     let co_panels = g.cout.div_ceil(MR);
     let panels = n.div_ceil(NR);
     let panel_words = groups * NR;

@@ -14,13 +14,12 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
-use super::driver::{self, Format, OutTile, MR, NR};
-use super::quant::{
-    deinterleave_u8, interleave_u8, pack_u8, quantize_channel_s8, quantize_u8_slice, ActQuant,
-};
+use super::driver::{self, Format, Lane, OutTile, MR, NR};
+use super::quant::{pack_u8, quantize_channel_s8, quantize_u8_slice, quantize_u8_split, ActQuant};
 use super::{activate_scalar, has_avx_vnni, has_vnni, Isa};
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
+use crate::im2col::Geom;
 use crate::storage::contiguous_f32;
 
 /// Largest depth `C_in * KH * KW` of the int8 kernel: with at most 255 * 128 per
@@ -41,7 +40,8 @@ pub struct Int8ConvWeights {
     scales: Vec<f32>,
     /// Σ_k values[co, k], for the zero-point compensation. (C_out,)
     row_sums: Vec<i32>,
-    /// Panels of MR channels: (C_out / MR, K / 4, MR) words of four s8 each.
+    /// Panels of MR channels: (C_out / MR, groups, MR) words of four s8 each, in the
+    /// groups of [`driver::depth_groups`].
     packed: Vec<u32>,
 }
 
@@ -100,17 +100,7 @@ impl Int8ConvWeights {
                 .map(|r| r.iter().map(|&v| i32::from(v)).sum())
                 .collect()
         };
-        // Word (panel, group, r): bytes j = values[panel * MR + r, 4 * group + j].
-        let groups = depth.div_ceil(4);
-        let panels = cout.div_ceil(MR);
-        let mut packed = vec![0u32; panels * groups * MR];
-        for co in 0..cout {
-            for k in 0..depth {
-                let (p, r, grp, j) = (co / MR, co % MR, k / 4, k % 4);
-                let byte = u32::from(values[co * depth + k] as u8);
-                packed[(p * groups + grp) * MR + r] |= byte << (8 * j);
-            }
-        }
+        let packed = driver::pack_weights(dims, u8::PER_WORD, |i| u32::from(values[i] as u8));
         Ok(Self {
             dims,
             values,
@@ -210,22 +200,106 @@ impl Int8 {
     }
 }
 
-impl Format for Int8 {
-    const GROUP: usize = 4;
-
-    type Elem = u8;
+/// u8 codes, four depths to a word (byte `j` is depth `4g + j`).
+impl Lane for u8 {
+    const PER_WORD: usize = 4;
     const PAD: u8 = ActQuant::ZERO_POINT;
+
+    #[inline(always)]
+    fn word(e: [u8; 4]) -> u32 {
+        u32::from_le_bytes(e)
+    }
+
+    #[inline(always)]
+    fn words16(rows: [&[u8; 16]; 4]) -> [u32; 16] {
+        // Plain loops: `array::map` and `from_fn` were left as calls in the hot loop.
+        let mut words = [0u32; 16];
+        for (j, row) in rows.iter().enumerate() {
+            for (w, &v) in words.iter_mut().zip(row.iter()) {
+                *w |= u32::from(v) << (8 * j);
+            }
+        }
+        words
+    }
+
+    fn pack_taps(g: &Geom, x: &[u8], cols: (usize, usize), dst: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::has_avx512bw_vl() {
+            // SAFETY: the CPU has AVX-512F, BW and VL (checked above).
+            return unsafe { pack_avx512::pack_taps(g, x, cols, dst) };
+        }
+        pack_taps_u8(g, x, cols, dst);
+    }
+}
+
+/// [`driver::pack_taps_generic`] on u8 codes, in plain Rust.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+pub(super) fn pack_taps_u8(g: &Geom, x: &[u8], cols: (usize, usize), dst: &mut [u32]) {
+    driver::pack_taps_generic(g, x, cols, dst, driver::interleave_portable);
+}
+
+/// [`driver::pack_taps_generic`] on u8 codes with AVX-512: sixteen words per step, the
+/// last step of a run with masked loads and stores (no scalar tail: the runs of 13x13
+/// and 26x26 maps are shorter than two vectors).
+#[cfg(target_arch = "x86_64")]
+mod pack_avx512 {
+    use std::arch::x86_64::{
+        _mm512_cvtepu8_epi32, _mm512_mask_storeu_epi32, _mm512_or_si512, _mm512_slli_epi32,
+        _mm_maskz_loadu_epi8,
+    };
+
+    use super::{driver, Geom};
+
+    /// # Safety
+    /// The CPU must have AVX-512F, BW and VL.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn pack_taps(g: &Geom, x: &[u8], cols: (usize, usize), dst: &mut [u32]) {
+        // SAFETY: this function's features are the ones `interleave` needs.
+        driver::pack_taps_generic(g, x, cols, dst, |rows, words| unsafe {
+            interleave(rows, words)
+        });
+    }
+
+    /// `words[c]` = byte `j` from `rows[j][c]` (each row `words.len()` long).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, BW and VL.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn interleave(rows: [&[u8]; 4], words: &mut [u32]) {
+        let n = words.len();
+        assert!(rows.iter().all(|r| r.len() == n));
+        for c in (0..n).step_by(16) {
+            let lanes = (n - c).min(16);
+            let mask = (u32::MAX >> (32 - lanes)) as u16;
+            // SAFETY: lanes c..c + lanes of each row and of `words` exist (n long);
+            // masked-off lanes are neither read nor written.
+            unsafe {
+                let byte = |j: usize| {
+                    let v = _mm_maskz_loadu_epi8(mask, rows[j].as_ptr().add(c).cast());
+                    _mm512_cvtepu8_epi32(v)
+                };
+                let lo = _mm512_or_si512(byte(0), _mm512_slli_epi32::<8>(byte(1)));
+                let hi = _mm512_or_si512(
+                    _mm512_slli_epi32::<16>(byte(2)),
+                    _mm512_slli_epi32::<24>(byte(3)),
+                );
+                let w = _mm512_or_si512(lo, hi);
+                _mm512_mask_storeu_epi32(words.as_mut_ptr().add(c).cast(), mask, w);
+            }
+        }
+    }
+}
+
+impl Format for Int8 {
+    type Elem = u8;
 
     fn convert(&self, x: &[f32], dst: &mut [u8]) {
         quantize_u8_slice(x, self.inv, dst);
     }
 
-    fn interleave(&self, rows: [&[u8]; 4], dst: &mut [u32]) {
-        interleave_u8(rows, dst);
-    }
-
-    fn deinterleave(row: &[u8], even: &mut [u8], odd: &mut [u8]) {
-        deinterleave_u8(row, even, odd);
+    fn convert_split(&self, x: &[f32], w: usize, dst: &mut [u8]) {
+        quantize_u8_split(x, w, self.inv, dst);
     }
 
     fn pack_f32(&self, rows: [&[f32]; 4], dst: &mut [u32]) {

@@ -81,6 +81,24 @@ pub(crate) fn has_avx512f() -> bool {
     })
 }
 
+/// Whether this CPU has AVX-512F, BW and VL: the masked byte and word loads that pack
+/// activations in [`driver::pack_taps_generic`] (asked once per process).
+pub(crate) fn has_avx512bw_vl() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Whether this CPU runs the 256-bit VNNI int8 micro-kernel (AVX2 and AVX-VNNI; asked
 /// once per process).
 pub(crate) fn has_avx_vnni() -> bool {

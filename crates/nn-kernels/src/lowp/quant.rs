@@ -272,6 +272,25 @@ pub(crate) fn quantize_u8_slice(x: &[f32], inv: f32, dst: &mut [u8]) {
     }
 }
 
+/// [`quantize_u8_slice`] of rows `w` long, each row written as its even columns, then
+/// its odd ones: the layout in which every tap of a stride-2 convolution reads a
+/// contiguous run.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+pub(crate) fn quantize_u8_split(x: &[f32], w: usize, inv: f32, dst: &mut [u8]) {
+    let half = w.div_ceil(2);
+    for (row, out) in x.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
+        let (even, odd) = out.split_at_mut(half);
+        let pairs = row.chunks_exact(2);
+        if let [last] = pairs.remainder() {
+            even[half - 1] = quantize_u8(*last, inv) as u8;
+        }
+        for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+            *e = quantize_u8(p[0], inv) as u8;
+            *o = quantize_u8(p[1], inv) as u8;
+        }
+    }
+}
+
 /// `dst[i]` = the bf16 bits of `x[i]`, for a whole input at once.
 #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
 pub(crate) fn bf16_slice(x: &[f32], dst: &mut [u16]) {
@@ -280,70 +299,22 @@ pub(crate) fn bf16_slice(x: &[f32], dst: &mut [u16]) {
     }
 }
 
-/// `even[i] = row[2i]`, `odd[i] = row[2i + 1]` (the stride-2 split of one input row of
-/// u8 codes; `even` takes the last one of an odd-length row).
-#[multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512vbmi",
-    "x86_64+avx512f+avx512bw",
-    "x86_64+avx2"
-))]
-pub(crate) fn deinterleave_u8(row: &[u8], even: &mut [u8], odd: &mut [u8]) {
-    let pairs = row.chunks_exact(2);
-    if let [last] = pairs.remainder() {
-        even[row.len() / 2] = *last;
-    }
-    for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-        // One 16-bit load, split: the form the compiler vectorises.
-        let v = u16::from_le_bytes([p[0], p[1]]);
-        *e = v as u8;
-        *o = (v >> 8) as u8;
-    }
-}
-
-/// [`deinterleave_u8`] for bf16 bits.
+/// [`bf16_slice`] of rows `w` long, each row written as its even columns, then its odd
+/// ones (as [`quantize_u8_split`]).
 #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
-pub(crate) fn deinterleave_u16(row: &[u16], even: &mut [u16], odd: &mut [u16]) {
-    let pairs = row.chunks_exact(2);
-    if let [last] = pairs.remainder() {
-        even[row.len() / 2] = *last;
+pub(crate) fn bf16_split(x: &[f32], w: usize, dst: &mut [u16]) {
+    let half = w.div_ceil(2);
+    for (row, out) in x.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
+        let (even, odd) = out.split_at_mut(half);
+        let pairs = row.chunks_exact(2);
+        if let [last] = pairs.remainder() {
+            even[half - 1] = bf16_bits(*last) as u16;
+        }
+        for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+            *e = bf16_bits(p[0]) as u16;
+            *o = bf16_bits(p[1]) as u16;
+        }
     }
-    for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-        let v = u32::from(p[0]) | u32::from(p[1]) << 16;
-        *e = v as u16;
-        *o = (v >> 16) as u16;
-    }
-}
-
-/// Packs four rows of u8 codes (`rows[j][c]`: depth `4g + j` of column `c`, one length
-/// `cols <= dst.len()` each) into the words of one depth group: byte `j` of `dst[c]`
-/// is `rows[j][c]`. Columns `cols..` get the zero point.
-#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
-pub(crate) fn interleave_u8(rows: [&[u8]; 4], dst: &mut [u32]) {
-    let cols = rows[0].len();
-    let (head, tail) = dst.split_at_mut(cols);
-    let [r0, r1, r2, r3] = rows;
-    let (r1, r2, r3) = (&r1[..cols], &r2[..cols], &r3[..cols]);
-    for c in 0..cols {
-        head[c] = u32::from(r0[c])
-            | u32::from(r1[c]) << 8
-            | u32::from(r2[c]) << 16
-            | u32::from(r3[c]) << 24;
-    }
-    tail.fill(0x8080_8080);
-}
-
-/// Packs two rows of bf16 bits into the words of one depth group: the low half of
-/// `dst[c]` is `rows[0][c]`, the high half `rows[1][c]`. Columns `cols..` get zeros.
-#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
-pub(crate) fn interleave_u16(rows: [&[u16]; 2], dst: &mut [u32]) {
-    let cols = rows[0].len();
-    let (head, tail) = dst.split_at_mut(cols);
-    let [r0, r1] = rows;
-    let r1 = &r1[..cols];
-    for c in 0..cols {
-        head[c] = u32::from(r0[c]) | u32::from(r1[c]) << 16;
-    }
-    tail.fill(0);
 }
 
 /// Packs four rows of `f32` activations (`rows[j][c]` is depth `4g + j` of column `c`,

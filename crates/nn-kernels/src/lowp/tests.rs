@@ -5,10 +5,12 @@
 use candle_core::{Device, Tensor};
 
 use super::bf16::conv_bf16_threads;
+use super::driver::{self, Lane, NR};
 use super::int8::{conv_int8_threads, Kernel};
 use super::*;
 use crate::elementwise::bias_act;
 use crate::epilogue::Epilogue;
+use crate::im2col::Geom;
 
 /// (batch, c_in, h, w, c_out, k, stride, padding): 1x1 and 3x3 (one 5x5), stride 1 and
 /// 2 (one 3), padding, batch > 1, channel counts off the vector widths, odd sides.
@@ -243,6 +245,98 @@ fn simd_and_portable_kernels_agree_on_every_schedule() {
     }
 }
 
+/// The packed activation panels of columns `p0..p0 + ncols` of one image `x`
+/// (C_in, H, W), word by word from the definition (driver.rs, `depth_groups`): group
+/// `q * KH * KW + tap`, element `j` from channel `q * G + j` at that tap's input
+/// position, `pad` outside the image, past C_in and past `ncols`.
+fn packed_reference<T: Lane>(g: &Geom, x: &[T], (p0, ncols): (usize, usize)) -> Vec<u32> {
+    let (taps, cq) = (g.kh * g.kw, g.cin.div_ceil(T::PER_WORD));
+    let groups = taps * cq;
+    let mut out = Vec::new();
+    for pi in 0..ncols.div_ceil(NR) {
+        for grp in 0..groups {
+            let (q, tap) = (grp / taps, grp % taps);
+            let (ky, kx) = (tap / g.kw, tap % g.kw);
+            for c in 0..NR {
+                let col = pi * NR + c;
+                let e: [T; 4] = std::array::from_fn(|j| {
+                    let ch = q * T::PER_WORD + j;
+                    if col >= ncols || j >= T::PER_WORD || ch >= g.cin {
+                        return T::PAD;
+                    }
+                    let (oy, ox) = ((p0 + col) / g.ow, (p0 + col) % g.ow);
+                    let iy = (oy * g.stride + ky).checked_sub(g.pad).filter(|&v| v < g.h);
+                    let ix = (ox * g.stride + kx).checked_sub(g.pad).filter(|&v| v < g.w);
+                    match (iy, ix) {
+                        (Some(iy), Some(ix)) => x[(ch * g.h + iy) * g.w + ix],
+                        _ => T::PAD,
+                    }
+                });
+                out.push(T::word(e));
+            }
+        }
+    }
+    out
+}
+
+/// `x` (C, H, W) with each row split into its even columns, then its odd ones (the
+/// layout stride-2 packing reads).
+fn split_rows<T: Copy>(x: &[T], w: usize) -> Vec<T> {
+    x.chunks(w)
+        .flat_map(|r| r.iter().step_by(2).chain(r.iter().skip(1).step_by(2)))
+        .copied()
+        .collect()
+}
+
+/// Checks both packings of element type `T` (the CPU's and the plain-Rust one) against
+/// [`packed_reference`] on odd geometries: strides 1, 2 and 3, padding, channels off
+/// the word, runs cut by row ends, short last panels.
+/// A packing function under test.
+type Packer<T> = fn(&Geom, &[T], (usize, usize), &mut [u32]);
+
+fn check_packing<T: Lane + std::fmt::Debug>(element: impl Fn(u32) -> T, portable: Packer<T>) {
+    // (c_in, h, w, k, stride, padding, first column, columns)
+    let cases = [
+        (3, 7, 9, 3, 1, 1, 0, 63),
+        (5, 13, 13, 3, 1, 1, 0, 169),
+        (8, 13, 13, 3, 1, 1, 50, 100),
+        (6, 26, 27, 3, 2, 1, 0, 182),
+        (4, 9, 11, 3, 2, 0, 7, 20),
+        (9, 10, 7, 5, 2, 2, 0, 20),
+        (7, 11, 12, 3, 3, 1, 0, 16),
+        (2, 4, 60, 3, 1, 1, 60, 120),
+        (4, 5, 5, 1, 2, 0, 0, 9),
+    ];
+    for (cin, h, w, k, s, p, p0, ncols) in cases {
+        let g = driver::geometry((1, cin, h, w), (1, cin, k, k), s, p).unwrap();
+        let ncols = ncols.min(g.positions() - p0);
+        let x: Vec<T> = (0..cin * h * w)
+            .map(|i| element((i as u32).wrapping_mul(2654435761) >> 7))
+            .collect();
+        let want = packed_reference(&g, &x, (p0, ncols));
+        let input = if s == 2 { split_rows(&x, w) } else { x };
+        let native: Packer<T> = T::pack_taps;
+        for (name, pack) in [("native", native), ("portable", portable)] {
+            // Pre-filled with a word no packing writes, so that a skipped word shows.
+            let mut got = vec![0x1234_5678; want.len()];
+            pack(&g, &input, (p0, ncols), &mut got);
+            let case = (cin, h, w, k, s, p, p0, ncols);
+            if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+                panic!(
+                    "{name} {case:?}: word {i} is {:#x}, want {:#x}",
+                    got[i], want[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn activations_are_packed_straight_from_the_input_planes() {
+    check_packing::<u8>(|v| v as u8, super::int8::pack_taps_u8);
+    check_packing::<u16>(|v| v as u16, super::bf16::pack_taps_u16);
+}
+
 /// (batch, c_in, side, c_out, k, stride, padding) of one square int8 convolution.
 type Square = (usize, usize, usize, usize, usize, usize, usize);
 
@@ -258,7 +352,7 @@ fn int8_square(case: Square, w: &Int8ConvWeights, x: &[f32], threads: usize) -> 
 
 #[test]
 fn reused_buffers_never_leak_into_the_next_call() {
-    // The conversion, im2col and packing buffers are kept per thread from call to call
+    // The conversion and packing buffers are kept per thread from call to call
     // (driver.rs): a call after one that filled them with other codes must give what a
     // fresh thread gives, bit for bit, on both schedules (wide images, and narrow ones
     // whose channels are split) and with padding taps at every border.
