@@ -107,42 +107,56 @@ impl Int8DepthwiseWeights {
 }
 
 /// One channel: `x` (H, W) into `out` (OH, OW) with padding 1 and stride `s`;
-/// `scratch` is this thread's buffer, its contents left from earlier calls.
+/// `scratch` is this thread's buffer, its contents left from earlier calls; `simd`
+/// runs the rows on AVX-512 (the CPU must have AVX-512F).
 ///
 /// The codes `q - 128` (|.| <= 128) and the taps (|.| <= 127) are held as `f32`: each
 /// product (|.| <= 16 256) and each sum of nine (< 2^18) is an integer below 2^24, so
-/// the `f32` arithmetic is exact and equals the `i32` sums of the scheme bit for bit,
-/// at the rate of `f32` multiplies and adds (a vector `i32` multiply is several times
-/// slower on x86).
-#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+/// the `f32` arithmetic is exact, in any order, and equals the `i32` sums of the
+/// scheme bit for bit, at the rate of `f32` multiplies and adds (a vector `i32`
+/// multiply is several times slower on x86).
 #[allow(clippy::too_many_arguments)]
 fn plane_int8(
     x: &[f32],
     (h, w): (usize, usize),
     inv: f32,
     taps: &[i8; 9],
-    (scale, bias): (f32, f32),
+    epilogue: (f32, f32, Epilogue),
     s: usize,
-    act: Epilogue,
+    simd: bool,
     scratch: &mut Vec<f32>,
     out: &mut [MaybeUninit<f32>],
 ) {
-    // Padded row j holds input row j - 1, padded column i input column i - 1; for
-    // stride 2 each padded row is stored as its even columns, then its odd ones.
     let (wp, ow) = (w + 2, (w - 1) / s + 1);
     let len = (h + 2) * wp;
     if scratch.len() < len + ow {
         scratch.resize(len + ow, 0.0);
     }
     let (plane, acc) = scratch.split_at_mut(len);
-    let acc = &mut acc[..ow];
+    fill_plane(x, (h, w), inv, s, plane);
+    let t: [f32; 9] = taps.map(f32::from);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only set where the CPU has AVX-512F.
+        return unsafe { avx512::rows(plane, (wp, ow), &t, epilogue, s, out) };
+    }
+    let _ = simd;
+    rows_portable(plane, wp, &t, epilogue, s, &mut acc[..ow], out);
+}
+
+/// Fills `plane` ((H + 2) x (W + 2)) with the codes `q - 128` of `x` (H, W) inside a
+/// border of zero points (code 0): padded row j holds input row j - 1, padded column
+/// i input column i - 1; for stride 2 each padded row is stored as its even columns,
+/// then its odd ones. Every element is written.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+fn fill_plane(x: &[f32], (h, w): (usize, usize), inv: f32, s: usize, plane: &mut [f32]) {
+    let wp = w + 2;
     let half = wp.div_ceil(2);
     // Where padded column i of a row is stored.
     let slot = |i: usize| match s {
         1 => i,
         _ => (i % 2) * half + i / 2,
     };
-    // The border is the zero point: code 0. Every other slot is written below.
     plane[..wp].fill(0.0);
     plane[(h + 1) * wp..].fill(0.0);
     for (iy, row) in x.chunks_exact(w).enumerate() {
@@ -168,7 +182,22 @@ fn plane_int8(
             }
         }
     }
-    let t: [f32; 9] = taps.map(f32::from);
+}
+
+/// The output rows of one plane in plain Rust: each row as three passes of three
+/// taps over whole rows into `acc` (OW), then the epilogue.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+fn rows_portable(
+    plane: &[f32],
+    wp: usize,
+    t: &[f32; 9],
+    (scale, bias, act): (f32, f32, Epilogue),
+    s: usize,
+    acc: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
+) {
+    let ow = acc.len();
+    let half = wp.div_ceil(2);
     for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
         for ky in 0..3 {
             let r = &plane[(oy * s + ky) * wp..][..wp];
@@ -204,6 +233,77 @@ fn plane_int8(
     }
 }
 
+/// The output rows on AVX-512: all nine taps and the epilogue in one pass per row,
+/// sixteen outputs per step and the last step masked (the rows of MobileNetV2's
+/// 13x13 to 52x52 maps are one to four vectors long: in plain Rust their remainders
+/// took most of the time).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::{
+        _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
+        _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
+    };
+    use std::mem::MaybeUninit;
+
+    use crate::epilogue::Epilogue;
+    use crate::lowp::activate;
+
+    /// As [`super::rows_portable`], for the plane `plane` of padded rows `wp` long.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rows(
+        plane: &[f32],
+        (wp, ow): (usize, usize),
+        t: &[f32; 9],
+        (scale, bias, act): (f32, f32, Epilogue),
+        s: usize,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let half = wp.div_ceil(2);
+        let mut taps = [_mm512_setzero_ps(); 9];
+        for (v, &t) in taps.iter_mut().zip(t) {
+            *v = _mm512_set1_ps(t);
+        }
+        let (scale, bias) = (_mm512_set1_ps(scale), _mm512_set1_ps(bias));
+        for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
+            // Output ox reads padded columns s*ox + kx of padded rows s*oy + ky: for
+            // stride 1 at r[ox + kx], for stride 2 (rows split into even and odd
+            // columns) at even[ox], odd[ox], even[ox + 1]. Each stream has `ow`
+            // elements within its row (w + 2 = wp, even has ceil(wp / 2) >= ow + 1,
+            // odd floor(wp / 2) >= ow).
+            // The streams' starts in `plane` (indexing, not `array::from_fn`, which
+            // the compiler left as calls in this loop).
+            let row0 = oy * s * wp;
+            let next = if s == 1 { [0, 1, 2] } else { [0, half, 1] };
+            let mut starts = [0usize; 9];
+            for (k, start) in starts.iter_mut().enumerate() {
+                *start = row0 + (k / 3) * wp + next[k % 3];
+            }
+            assert!(row0 + 3 * wp <= plane.len() && next[2] + ow <= wp && next[1] + ow <= wp);
+            for c in (0..ow).step_by(16) {
+                let lanes = (ow - c).min(16);
+                let mask = (u32::MAX >> (32 - lanes)) as u16;
+                let mut acc = _mm512_setzero_ps();
+                for (k, &tap) in taps.iter().enumerate() {
+                    // SAFETY: lanes c..c + lanes of the stream, starts[k] + c.. within
+                    // its row (asserted above: every stream's `ow` elements lie in
+                    // it); masked-off lanes are not read.
+                    let v =
+                        unsafe { _mm512_maskz_loadu_ps(mask, plane.as_ptr().add(starts[k] + c)) };
+                    acc = _mm512_fmadd_ps(tap, v, acc);
+                }
+                // `a * scale + bias` rounded twice, as the portable rows.
+                let y = activate(_mm512_add_ps(_mm512_mul_ps(acc, scale), bias), act);
+                // SAFETY: lanes c..c + lanes of the row (ow long) exist and are this
+                // call's; masked-off lanes are not written.
+                unsafe { _mm512_mask_storeu_ps(orow.as_mut_ptr().add(c).cast(), mask, y) };
+            }
+        }
+    }
+}
+
 /// The fused op on a CPU input.
 struct DepthwiseInt8<'a> {
     weights: &'a Int8DepthwiseWeights,
@@ -214,6 +314,8 @@ struct DepthwiseInt8<'a> {
     bias: Vec<f32>,
     stride: usize,
     act: Epilogue,
+    /// The rows on AVX-512 ([`plane_int8`]).
+    simd: bool,
 }
 
 impl CustomOp1 for DepthwiseInt8<'_> {
@@ -235,10 +337,12 @@ impl CustomOp1 for DepthwiseInt8<'_> {
         for_each_chunk_mut(&mut out.spare_capacity_mut()[..len], oh * ow, |p, out| {
             let ch = p % c;
             let x = &x[p * h * w..(p + 1) * h * w];
-            let (taps, sb) = (&self.weights.values[ch], (self.scale[ch], self.bias[ch]));
+            let taps = &self.weights.values[ch];
+            let epilogue = (self.scale[ch], self.bias[ch], self.act);
             PLANE.with(|plane| {
                 let plane = &mut plane.borrow_mut();
-                plane_int8(x, (h, w), self.inv, taps, sb, s, self.act, plane, out)
+                let (inv, simd) = (self.inv, self.simd);
+                plane_int8(x, (h, w), inv, taps, epilogue, s, simd, plane, out)
             });
         });
         // SAFETY: the `len` elements are initialised: `plane_int8` writes each of the
@@ -261,6 +365,21 @@ pub fn depthwise3x3_int8_bias_act(
     bias: Option<&Tensor>,
     stride: usize,
     epilogue: Epilogue,
+) -> Result<Tensor> {
+    let simd = super::has_avx512f();
+    depthwise_int8_rows(x, weights, x_quant, bias, stride, epilogue, simd)
+}
+
+/// [`depthwise3x3_int8_bias_act`] with its rows on AVX-512 or not (`simd`: the CPU
+/// must have AVX-512F); the same results either way, bit for bit.
+pub(crate) fn depthwise_int8_rows(
+    x: &Tensor,
+    weights: &Int8DepthwiseWeights,
+    x_quant: ActQuant,
+    bias: Option<&Tensor>,
+    stride: usize,
+    epilogue: Epilogue,
+    simd: bool,
 ) -> Result<Tensor> {
     let (_, c, h, w) = x.dims4()?;
     if c != weights.channels() {
@@ -289,6 +408,7 @@ pub fn depthwise3x3_int8_bias_act(
         bias: bias_v,
         stride,
         act: epilogue,
+        simd,
     };
     x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&op)
 }

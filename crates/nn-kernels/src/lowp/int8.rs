@@ -368,6 +368,7 @@ fn accumulate_portable(x: &[u32], w: &[u32], acc: &mut [[i32; NR]; MR]) {
 ///
 /// # Safety
 /// As [`Format::tile`].
+#[inline(never)] // (its 1.5 KiB of accumulators off the dispatching frame)
 unsafe fn tile_portable(x: &[u32], w: &[u32], out: OutTile, ep: &TileEpilogue) {
     let mut acc = [[0i32; NR]; MR];
     accumulate_portable(x, w, &mut acc);

@@ -541,6 +541,10 @@ fn int8_depthwise_gives_the_i32_sums_exactly() {
         (2, 5, 8, 8, 2),
         (1, 17, 9, 11, 2),
         (1, 4, 30, 29, 1),
+        (1, 3, 5, 1, 1),
+        (1, 3, 4, 16, 1),
+        (1, 3, 6, 33, 2),
+        (1, 2, 3, 34, 2),
     ] {
         let x = Tensor::rand(-3f32, 3., (b, c, h, w), &dev).unwrap();
         let xq = ActQuant::from_max_abs(2.0).unwrap();
@@ -549,9 +553,16 @@ fn int8_depthwise_gives_the_i32_sums_exactly() {
                 .unwrap();
         let bias = Tensor::randn(0f32, 1., c, &dev).unwrap();
         for act in ACTS {
-            let got = depthwise3x3_int8_bias_act(&x, &weights, xq, Some(&bias), s, act).unwrap();
             let want = depthwise_i32(&vec(&x), (b, c, h, w), &weights, (xq, &vec(&bias)), s, act);
-            assert!(vec(&got) == want, "{b}x{c}x{h}x{w} s{s} {act:?}");
+            // The rows in plain Rust, and on AVX-512 where the CPU has it.
+            for simd in [false, has_avx512f()] {
+                let got =
+                    depthwise::depthwise_int8_rows(&x, &weights, xq, Some(&bias), s, act, simd);
+                assert!(
+                    vec(&got.unwrap()) == want,
+                    "{b}x{c}x{h}x{w} s{s} {act:?} simd {simd}"
+                );
+            }
         }
     }
 }
