@@ -119,6 +119,48 @@ pub(crate) trait Format: Sync {
     /// `out.stride` apart, that no other thread touches meanwhile; `out.rows <= MR`,
     /// `out.cols <= NR`, and `x.len() / NR == w.len() / MR`.
     unsafe fn tile(&self, x: &[u32], w: &[u32], out: OutTile, act: Epilogue);
+
+    /// [`Format::tile`] along a row of tiles: `x` holds `out.cols.div_ceil(NR)`
+    /// consecutive activation panels (`groups * NR` words each), whose output columns
+    /// follow each other from `out.ptr` (`out.cols` of them in all, any number). A
+    /// format may override this to set up its epilogue and pick its kernel once per row
+    /// rather than once per tile.
+    ///
+    /// # Safety
+    /// As [`Format::tile`], for the whole row: `out.ptr` valid for `out.rows` rows of
+    /// `out.cols` floats.
+    unsafe fn tiles(&self, x: &[u32], w: &[u32], out: OutTile, act: Epilogue) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { tile_by_tile(self, x, w, out, act) }
+    }
+}
+
+/// [`Format::tiles`] as one [`Format::tile`] call per tile.
+///
+/// # Safety
+/// As [`Format::tiles`].
+pub(crate) unsafe fn tile_by_tile<F: Format + ?Sized>(
+    fmt: &F,
+    x: &[u32],
+    w: &[u32],
+    out: OutTile,
+    act: Epilogue,
+) {
+    let words = w.len() / MR * NR;
+    for (pi, x) in x
+        .chunks_exact(words)
+        .take(out.cols.div_ceil(NR))
+        .enumerate()
+    {
+        let tile = OutTile {
+            // SAFETY: column pi * NR < out.cols of the row (the caller's contract).
+            ptr: unsafe { out.ptr.add(pi * NR) },
+            cols: NR.min(out.cols - pi * NR),
+            ..out
+        };
+        // SAFETY: the tile is inside the caller's row.
+        unsafe { fmt.tile(x, w, tile, act) };
+    }
 }
 
 /// One element type of the packed activations (u8 codes, bf16 bits): how
@@ -396,21 +438,17 @@ unsafe fn compute_block<F: Format>(
     for cp in co_panels {
         let w = &wp[cp * groups * MR..][..groups * MR];
         let co0 = cp * MR;
-        for pi in 0..ncols.div_ceil(NR) {
-            let x = &xp[pi * groups * NR..][..groups * NR];
-            let c0 = p0 + pi * NR;
-            let tile = OutTile {
-                // SAFETY: (co0, c0) lies inside the image's (C_out, n) output.
-                ptr: unsafe { out.add(co0 * n + c0) },
-                stride: n,
-                co0,
-                rows: MR.min(g.cout - co0),
-                cols: NR.min(p0 + ncols - c0),
-            };
-            // SAFETY: the tile is inside the output and this call's alone (the caller's
-            // contract); x and w hold `groups` depth groups each.
-            unsafe { fmt.tile(x, w, tile, act) };
-        }
+        let row = OutTile {
+            // SAFETY: (co0, p0) lies inside the image's (C_out, n) output.
+            ptr: unsafe { out.add(co0 * n + p0) },
+            stride: n,
+            co0,
+            rows: MR.min(g.cout - co0),
+            cols: ncols,
+        };
+        // SAFETY: the row of tiles is inside the output and this call's alone (the
+        // caller's contract); xp holds its panels, w `groups` depth groups.
+        unsafe { fmt.tiles(xp, w, row, act) };
     }
 }
 

@@ -327,6 +327,24 @@ impl Format for Int8 {
         // SAFETY: the caller's contract covers `out`.
         unsafe { tile_portable(x, w, out, &ep) }
     }
+
+    unsafe fn tiles(&self, x: &[u32], w: &[u32], out: OutTile, act: Epilogue) {
+        #[cfg(target_arch = "x86_64")]
+        if self.kernel == Kernel::Avx512Vnni {
+            let co = out.co0..out.co0 + out.rows;
+            let ep = TileEpilogue {
+                comp: &self.comp[co.clone()],
+                scale: &self.scale[co.clone()],
+                bias: &self.bias[co],
+                act,
+            };
+            // SAFETY: Avx512Vnni is only chosen where the CPU has AVX-512F/BW/VNNI; the
+            // caller's contract covers `out`.
+            return unsafe { vnni::tiles(x, w, out, &ep) };
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { driver::tile_by_tile(self, x, w, out, act) }
+    }
 }
 
 /// The per-channel parameters of one tile's epilogue (`rows` long each):
@@ -395,19 +413,59 @@ mod vnni {
 
     /// The VNNI micro-kernel: 8 channels x 48 columns of `i32` accumulators; each
     /// depth group loads three vectors of 16 columns x 4 codes and, per channel,
-    /// broadcasts its four s8 weights into three `vpdpbusd`.
+    /// broadcasts its four s8 weights into three `vpdpbusd`. A tile of at most 32 or 16
+    /// columns (the last panel of an image: 169 = 3 x 48 + 25 positions at 13x13,
+    /// 676 = 14 x 48 + 4 at 26x26) runs on two or one vector only.
     ///
     /// # Safety
     /// As [`super::Format::tile`]; the CPU must have AVX-512F, BW and VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tile(x: &[u32], w: &[u32], out: OutTile, ep: &TileEpilogue) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            match out.cols.div_ceil(16) {
+                0 | 1 => tile_vectors::<1>(x, w, out, ep),
+                2 => tile_vectors::<2>(x, w, out, ep),
+                _ => tile_vectors::<3>(x, w, out, ep),
+            }
+        }
+    }
+
+    /// [`tile`] along a row of tiles, as [`super::Format::tiles`].
+    ///
+    /// # Safety
+    /// As [`super::Format::tiles`]; the CPU must have AVX-512F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tiles(x: &[u32], w: &[u32], out: OutTile, ep: &TileEpilogue) {
+        let words = w.len() / MR * NR;
+        assert!(x.len() >= out.cols.div_ceil(NR) * words);
+        for pi in 0..out.cols.div_ceil(NR) {
+            let tile = OutTile {
+                // SAFETY: column pi * NR < out.cols of the row (the caller's contract).
+                ptr: unsafe { out.ptr.add(pi * NR) },
+                cols: NR.min(out.cols - pi * NR),
+                ..out
+            };
+            let x = &x[pi * words..][..words];
+            // SAFETY: the tile is inside the caller's row; the CPU has the features.
+            unsafe { self::tile(x, w, tile, ep) };
+        }
+    }
+
+    /// [`tile`] on the first `V` vectors of 16 columns (`out.cols <= 16 V`).
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile_vectors<const V: usize>(x: &[u32], w: &[u32], out: OutTile, ep: &TileEpilogue) {
         let groups = w.len() / MR;
-        assert!(x.len() >= groups * NR);
-        let mut acc = [[_mm512_setzero_si512(); 3]; MR];
+        assert!(x.len() >= groups * NR && out.cols <= 16 * V && V <= NR / 16);
+        let mut acc = [[_mm512_setzero_si512(); V]; MR];
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         for g in 0..groups {
-            // SAFETY: words g * NR..(g + 1) * NR of x exist (asserted above).
-            let xv: [__m512i; 3] = std::array::from_fn(|v| unsafe {
+            // SAFETY: words g * NR..g * NR + 16 V of x exist (asserted above).
+            let xv: [__m512i; V] = std::array::from_fn(|v| unsafe {
                 _mm512_loadu_si512(xp.add(g * NR + 16 * v).cast())
             });
             for (r, acc) in acc.iter_mut().enumerate() {
