@@ -257,6 +257,8 @@ pub(crate) fn pack_taps_generic<T: Lane>(
     let (h, w, s, p) = (g.h, g.w, g.stride, g.pad);
     let (taps, cq) = (g.kh * g.kw, g.cin.div_ceil(T::PER_WORD));
     let groups = depth_groups(g, T::PER_WORD);
+    // Input elements between consecutive columns of a run (stride-2 rows are split).
+    let step = if s == 2 { 1 } else { s };
     // Each tap's pieces of the current panel: `counts[tap]` of them from `tap * NR`.
     let mut pieces = vec![Piece::default(); taps * NR];
     let mut counts = vec![0usize; taps];
@@ -302,7 +304,6 @@ pub(crate) fn pack_taps_generic<T: Lane>(
                     if pc.valid_end == pc.valid_start {
                         continue;
                     }
-                    let step = if s == 2 { 1 } else { s };
                     let len = (pc.valid_end - pc.valid_start - 1) * step + 1;
                     // (not `array::from_fn`, which the compiler left a call here)
                     let row = |e: usize| {

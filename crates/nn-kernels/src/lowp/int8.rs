@@ -198,6 +198,17 @@ impl Int8 {
             kernel,
         }
     }
+
+    /// The epilogue parameters of the output channels of `out`.
+    fn epilogue(&self, out: &OutTile, act: Epilogue) -> TileEpilogue<'_> {
+        let co = out.co0..out.co0 + out.rows;
+        TileEpilogue {
+            comp: &self.comp[co.clone()],
+            scale: &self.scale[co.clone()],
+            bias: &self.bias[co],
+            act,
+        }
+    }
 }
 
 /// u8 codes, four depths to a word (byte `j` is depth `4g + j`).
@@ -307,13 +318,7 @@ impl Format for Int8 {
     }
 
     unsafe fn tile(&self, x: &[u32], w: &[u32], out: OutTile, act: Epilogue) {
-        let co = out.co0..out.co0 + out.rows;
-        let ep = TileEpilogue {
-            comp: &self.comp[co.clone()],
-            scale: &self.scale[co.clone()],
-            bias: &self.bias[co],
-            act,
-        };
+        let ep = self.epilogue(&out, act);
         #[cfg(target_arch = "x86_64")]
         match self.kernel {
             // SAFETY: Avx512Vnni is only chosen where the CPU has AVX-512F/BW/VNNI;
@@ -331,13 +336,7 @@ impl Format for Int8 {
     unsafe fn tiles(&self, x: &[u32], w: &[u32], out: OutTile, act: Epilogue) {
         #[cfg(target_arch = "x86_64")]
         if self.kernel == Kernel::Avx512Vnni {
-            let co = out.co0..out.co0 + out.rows;
-            let ep = TileEpilogue {
-                comp: &self.comp[co.clone()],
-                scale: &self.scale[co.clone()],
-                bias: &self.bias[co],
-                act,
-            };
+            let ep = self.epilogue(&out, act);
             // SAFETY: Avx512Vnni is only chosen where the CPU has AVX-512F/BW/VNNI; the
             // caller's contract covers `out`.
             return unsafe { vnni::tiles(x, w, out, &ep) };
